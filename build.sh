@@ -28,8 +28,10 @@ case "$cmd" in
     dotnet build src/Cli/Cli.csproj -c $config -nologo -v quiet
     dotnet src/Cli/bin/$config/net10.0/wt.dll demo --out runs/demo "$@" ;;
   bench)
-    dotnet build benchmarks/Bench/Bench.csproj -c $config -nologo -v quiet
-    dotnet benchmarks/Bench/bin/$config/net10.0/Bench.dll "$@" ;;
+    dotnet build benchmarks/ModelBench/ModelBench.csproj -c $config -nologo -v quiet
+    dotnet build benchmarks/KernelBench/KernelBench.csproj -c $config -nologo -v quiet
+    dotnet benchmarks/ModelBench/bin/$config/net10.0/ModelBench.dll "$@"
+    dotnet benchmarks/KernelBench/bin/$config/net10.0/KernelBench.dll "$@" ;;
   serve)
     dotnet build src/GrpcHost/GrpcHost.csproj -c $config -nologo -v quiet
     dotnet src/GrpcHost/bin/$config/net10.0/WeakTeacher.GrpcHost.dll --urls http://127.0.0.1:50051 "$@" ;;

@@ -1,1 +1,76 @@
-return 0;
+using System.CommandLine;
+using System.Diagnostics;
+using WeakTeacher.Cli;
+using WeakTeacher.Engine.Pipeline;
+using WeakTeacher.Engine.Runtime;
+
+// wt: the command-line front end. Local runs call the engine; `wt remote ...` drives a WeakTeacher gRPC host.
+var root = new RootCommand("WeakTeacher.Native: a weak LLM teaches a strong one to align (Tao & Li, ICLR 2025).");
+
+var outOption = new Option<string>("--out") { Description = "Output folder.", DefaultValueFactory = _ => "runs/demo" };
+var sizeOption = new Option<DefaultTaskSize>("--size") { Description = "Embedded task size: Demo or Tiny.", DefaultValueFactory = _ => DefaultTaskSize.Demo };
+var deviceOption = new Option<string>("--device") { Description = "cpu, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
+var threadsOption = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
+
+var demo = new Command("demo", "The main job: prepare the embedded synthetic task, run the paper's pipeline on it, print the tables.")
+{
+    outOption, sizeOption, deviceOption, threadsOption,
+};
+demo.SetAction((parse, ct) => Task.Run(() =>
+{
+    string output = Path.GetFullPath(parse.GetValue(outOption)!);
+    var size = parse.GetValue(sizeOption);
+    string device = parse.GetValue(deviceOption)!;
+    TorchDevice.Initialize(device, threads: parse.GetValue(threadsOption));
+    var clock = Stopwatch.StartNew();
+    var progress = new ConsoleProgress();
+    Console.WriteLine($"WeakTeacher demo ({size}) on {device} -> {output}");
+    var assets = DefaultTask.Prepare(Path.Combine(output, "task"), progress, ct, size);
+    progress.Finish();
+    double prepareSeconds = clock.Elapsed.TotalSeconds;
+    var config = DemoConfig.Create(assets, output, size, device);
+    var report = WeakToStrongPipeline.Run(config, progress, ct);
+    progress.Finish();
+    report.Stages.Insert(0, new WeakTeacher.Engine.Evaluation.StageTiming("prepare_task", prepareSeconds));
+    report.TotalSeconds = clock.Elapsed.TotalSeconds;
+    report.Save(output);
+    Console.WriteLine();
+    Console.WriteLine(report.ToConsoleTables());
+    Console.WriteLine($"report: {Path.Combine(output, "report.md")}  {Path.Combine(output, "report.json")}");
+    return 0;
+}, ct));
+root.Subcommands.Add(demo);
+
+var configOption = new Option<string>("--config") { Description = "Pipeline config file (JSON, see README).", Required = true };
+var run = new Command("run", "Run the whole pipeline on your own checkpoints and data from one config file.") { configOption, threadsOption };
+run.SetAction((parse, ct) => Task.Run(() =>
+{
+    var config = PipelineConfig.Load(parse.GetValue(configOption)!).WithoutConsoleProgress();
+    TorchDevice.Initialize(config.Device, threads: parse.GetValue(threadsOption));
+    var progress = new ConsoleProgress();
+    var report = WeakToStrongPipeline.Run(config, progress, ct);
+    progress.Finish();
+    Console.WriteLine(report.ToConsoleTables());
+    Console.WriteLine($"report: {Path.Combine(config.OutputDir, "report.md")}");
+    return 0;
+}, ct));
+root.Subcommands.Add(run);
+
+var prepare = new Command("prepare-default", "Write the embedded task (data, tokenizer, pretrained base models) into a folder.")
+{
+    outOption, sizeOption, threadsOption,
+};
+prepare.SetAction((parse, ct) => Task.Run(() =>
+{
+    TorchDevice.Initialize("cpu", threads: parse.GetValue(threadsOption));
+    var progress = new ConsoleProgress();
+    var assets = DefaultTask.Prepare(Path.GetFullPath(parse.GetValue(outOption)!), progress, ct, parse.GetValue(sizeOption));
+    progress.Finish();
+    Console.WriteLine(assets);
+    return 0;
+}, ct));
+root.Subcommands.Add(prepare);
+
+// REMOTE
+
+return await ErrorReporting.InvokeAsync(root, args);

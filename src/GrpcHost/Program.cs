@@ -1,3 +1,123 @@
+using Grpc.AspNetCore.HealthChecks;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using OpenTelemetry.Metrics;
+using WeakTeacher.GrpcHost;
+using WeakTeacher.GrpcHost.Jobs;
+using WeakTeacher.GrpcHost.Labeling;
+using WeakTeacher.GrpcHost.Observability;
+using WeakTeacher.GrpcHost.Security;
+using WeakTeacher.GrpcHost.Services;
+using WeakTeacher.GrpcHost.Storage;
+
+// `keys hash <key>` prints a key's SHA-256 for Auth:ApiKeyHashes; `keys add <name>` makes a key and stores its hash.
+if (args.Length >= 1 && args[0] == "keys") return Keys.Run(args);
+
+// `--default-task` is a switch; the configuration system wants a value.
+args = args.Select(a => a == "--default-task" ? "--DefaultTask=true" : a).ToArray();
+
 var builder = WebApplication.CreateBuilder(args);
+// WT_* environment variables (WT_DataDir, WT_Limits__QueueCapacity), then the command line again so it wins.
+builder.Configuration.AddEnvironmentVariables("WT_");
+builder.Configuration.AddCommandLine(args);
+
+var options = new ServiceOptions();
+builder.Configuration.Bind(options);
+if (options.Devices.Length == 0) throw new InvalidOperationException("Devices: name at least one device (cpu, cuda, cuda:1)");
+var listenUrls = ListenUrls(builder.Configuration);
+bool keysRequired = ApiKeys.ResolveRequired(options.Auth.Require, listenUrls);
+
+builder.WebHost.ConfigureKestrel(kestrel =>
+{
+    kestrel.Limits.Http2.MaxStreamsPerConnection = options.Limits.MaxStreamsPerConnection;
+    kestrel.Limits.MaxRequestBodySize = null; // uploads are streams of bounded messages
+});
+builder.Logging.AddJsonConsole(o => { o.IncludeScopes = true; o.TimestampFormat = "O"; });
+
+var layout = new DataLayout(options.DataDir);
+var store = new Store(layout.DatabasePath);
+builder.Services.AddSingleton(options);
+builder.Services.AddSingleton(layout);
+builder.Services.AddSingleton(store);
+builder.Services.AddSingleton<Catalog>();
+builder.Services.AddSingleton(sp => new ApiKeys(options, store, keysRequired));
+builder.Services.AddSingleton<StreamSlots>();
+builder.Services.AddSingleton<HostMetrics>();
+builder.Services.AddSingleton<JobManager>();
+builder.Services.AddSingleton<StageRunner>();
+builder.Services.AddSingleton<LabelBatcher>();
+builder.Services.AddHostedService(sp => sp.GetRequiredService<LabelBatcher>());
+foreach (var device in options.Devices)
+    builder.Services.AddSingleton<IHostedService>(sp => ActivatorUtilities.CreateInstance<JobWorker>(sp, device));
+
+builder.Services.AddGrpc(o =>
+{
+    o.MaxReceiveMessageSize = options.Limits.MaxMessageBytes;
+    o.MaxSendMessageSize = options.Limits.MaxMessageBytes;
+    o.EnableDetailedErrors = false;
+    o.Interceptors.Add<AuthInterceptor>();
+});
+builder.Services.AddGrpcReflection();
+builder.Services.AddGrpcHealthChecks()
+    .AddCheck("database", () =>
+    {
+        try { store.Ping(); return HealthCheckResult.Healthy(); }
+        catch (Exception e) { return HealthCheckResult.Unhealthy("database unreachable", e); }
+    });
+builder.Services.Configure<GrpcHealthChecksOptions>(o => o.Services.Map("", _ => true));
+builder.Services.AddOpenTelemetry().WithMetrics(m => m
+    .AddMeter(HostMetrics.MeterName)
+    .AddMeter("Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel")
+    .AddPrometheusExporter());
+
 var app = builder.Build();
-app.Run();
+var logger = app.Services.GetRequiredService<ILogger<Program>>();
+layout.CleanTemp();
+var apiKeys = app.Services.GetRequiredService<ApiKeys>();
+if (keysRequired && !apiKeys.AnyKeys)
+{
+    logger.LogCritical("API keys are required (Auth:Require={Require}, listening on {Urls}) but none is configured; " +
+        "add one with `keys add <name> --DataDir {DataDir}` or set Auth:ApiKeyHashes", options.Auth.Require, string.Join(", ", listenUrls), layout.Root);
+    return 2;
+}
+logger.LogInformation("Data folder {DataDir}; devices {Devices}; API keys {Required}; engine stages {Stages}",
+    layout.Root, string.Join(", ", options.Devices), keysRequired ? "required" : "not required (loopback)",
+    StageRunner.StagesAvailable ? "available" : "missing");
+
+var metrics = app.Services.GetRequiredService<HostMetrics>();
+var jobs = app.Services.GetRequiredService<JobManager>();
+metrics.ObserveQueue(() => jobs.QueueLength, () => jobs.RunningCount);
+
+if (options.DefaultTask)
+    await DefaultTaskSetup.RunAsync(options, builder.Configuration["DefaultTaskSize"] ?? "Demo", layout,
+        app.Services.GetRequiredService<Catalog>(), logger, app.Lifetime.ApplicationStopping);
+
+int recovered = jobs.Recover();
+if (recovered > 0) logger.LogInformation("Re-queued {Count} jobs interrupted by the last stop; they resume from their checkpoints", recovered);
+
+app.MapGrpcService<JobsServiceImpl>();
+app.MapGrpcService<DatasetsServiceImpl>();
+app.MapGrpcService<ModelsServiceImpl>();
+app.MapGrpcService<LabelingServiceImpl>();
+app.MapGrpcHealthChecksService();
+app.MapGrpcReflectionService();
+app.MapPrometheusScrapingEndpoint("/metrics");
+app.MapGet("/", () => "WeakTeacher gRPC host: use a gRPC client (package weakteacher.v1); metrics at /metrics");
+
+await app.RunAsync();
+return 0;
+
+static IReadOnlyList<string> ListenUrls(IConfiguration configuration)
+{
+    var urls = new List<string>();
+    var fromUrls = configuration["urls"] ?? configuration["ASPNETCORE_URLS"];
+    if (!string.IsNullOrWhiteSpace(fromUrls)) urls.AddRange(fromUrls.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+    foreach (var endpoint in configuration.GetSection("Kestrel:Endpoints").GetChildren())
+        if (endpoint["Url"] is { Length: > 0 } url) urls.Add(url);
+    if (configuration["http_ports"] is { Length: > 0 } || configuration["https_ports"] is { Length: > 0 })
+        urls.Add("http://*"); // port-only settings listen on every interface
+    if (urls.Count == 0) urls.Add("http://localhost:5000");
+    return urls;
+}
+
+/// <summary>Made public for WebApplicationFactory-style hosting and logging categories.</summary>
+public partial class Program;

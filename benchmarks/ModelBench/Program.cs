@@ -1,0 +1,256 @@
+// Model throughput benchmark: an OPT-125M-sized model with random weights; forward tokens/s and greedy
+// generation new tokens/s (KV cache). Usage:
+//   dotnet ModelBench.dll [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path]
+//                         [--threads N] [--torch-lib DIR]
+// Writes a markdown report to benchmarks/results/model-<device>-<date>.md (or --out).
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text;
+using TorchSharp;
+using WeakTeacher.Engine.Generation;
+using WeakTeacher.Engine.Models;
+using WeakTeacher.Engine.Runtime;
+using static TorchSharp.torch;
+using Generator = WeakTeacher.Engine.Generation.Generator;
+
+var settings = BenchSettings.Parse(args);
+if (settings is null) return 2;
+
+// the device comes first: any other torch call would bind TorchSharp to the CPU libtorch
+Device device;
+try
+{
+    device = TorchDevice.Initialize(new RuntimeOptions { Device = settings.Device, TorchLib = settings.TorchLib, Threads = settings.Threads });
+}
+catch (DeviceUnavailableException e)
+{
+    Console.Error.WriteLine(e.Message);
+    return 3;
+}
+Seeds.Set(20261127);
+bool gpu = device.type == DeviceType.CUDA;
+
+var config = new ModelConfig
+{
+    Family = ModelFamily.Opt,
+    ModelType = "opt",
+    VocabSize = 50272,
+    HiddenSize = 768,
+    NumHiddenLayers = 12,
+    NumAttentionHeads = 12,
+    IntermediateSize = 3072,
+    MaxPositionEmbeddings = 2048,
+    WordEmbedProjDim = 768,
+    DoLayerNormBefore = true,
+    HiddenAct = "relu",
+    BosTokenId = 2,
+    EosTokenIds = new[] { 2 },
+    PadTokenId = 1,
+    TieWordEmbeddings = true,
+};
+
+// shapes: what fits the time budget (CPU full run about 3 minutes, --quick under 30 s)
+var plan = (gpu, settings.Quick) switch
+{
+    (true, false) => new Plan(Forward: new[] { (8, 512), (32, 512) }, Generate: new[] { 8, 32 }, PromptTokens: 64, NewTokens: 128, Repeats: 5),
+    (true, true) => new Plan(Forward: new[] { (8, 512) }, Generate: new[] { 8 }, PromptTokens: 64, NewTokens: 32, Repeats: 2),
+    (false, false) => new Plan(Forward: new[] { (4, 128) }, Generate: new[] { 8, 32 }, PromptTokens: 32, NewTokens: 128, Repeats: 2),
+    (false, true) => new Plan(Forward: new[] { (2, 64) }, Generate: new[] { 4 }, PromptTokens: 16, NewTokens: 16, Repeats: 1),
+};
+
+Console.WriteLine($"ModelBench: OPT-125M-sized, random weights, device {TorchDevice.Describe(device)}, dtype {settings.DType}");
+var total = Stopwatch.StartNew();
+using var model = CausalLMFactory.Create(config, device, settings.ScalarType, seed: 1234);
+long parameterCount = model.parameters().Sum(p => p.numel());
+var rows = new List<ResultRow>();
+Tensor RandomTokens(int batch, int length)
+    => torch.randint(3, config.VocabSize, new long[] { batch, length }, dtype: ScalarType.Int64, device: device);
+
+foreach (var (batch, length) in plan.Forward)
+{
+    using var input = RandomTokens(batch, length);
+    using var mask = torch.ones(batch, length, dtype: ScalarType.Int64, device: device);
+    double Run()
+    {
+        using var noGrad = torch.no_grad();
+        using var scope = NewDisposeScope();
+        TorchDevice.Synchronize(device);
+        var watch = Stopwatch.StartNew();
+        var logits = model.Logits(input, mask);
+        TorchDevice.Synchronize(device);
+        return watch.Elapsed.TotalSeconds;
+    }
+    Run(); // warm-up: kernel selection, allocator growth
+    var times = Enumerable.Range(0, plan.Repeats).Select(_ => Run()).ToArray();
+    rows.Add(new ResultRow("forward (logits)", $"{batch} x {length}", times, batch * (double)length, "tokens/s"));
+    Console.WriteLine(rows[^1].Line());
+}
+
+foreach (int batch in plan.Generate)
+{
+    using var prompt = RandomTokens(batch, plan.PromptTokens);
+    using var mask = torch.ones(batch, plan.PromptTokens, dtype: ScalarType.Int64, device: device);
+    // MinNewTokens = MaxNewTokens: EOS is suppressed, so every row really produces NewTokens tokens
+    double Run(int newTokens)
+    {
+        var options = new GenerationOptions { MaxNewTokens = newTokens, MinNewTokens = newTokens };
+        TorchDevice.Synchronize(device);
+        var watch = Stopwatch.StartNew();
+        using var result = Generator.Generate(model, prompt, mask, options);
+        TorchDevice.Synchronize(device);
+        if (result.NumNewColumns != newTokens) throw new InvalidOperationException("generation stopped early");
+        return watch.Elapsed.TotalSeconds;
+    }
+    Run(Math.Min(8, plan.NewTokens)); // warm-up
+    var times = Enumerable.Range(0, plan.Repeats).Select(_ => Run(plan.NewTokens)).ToArray();
+    rows.Add(new ResultRow("generate (greedy, KV cache)", $"{batch} x ({plan.PromptTokens} + {plan.NewTokens})", times,
+        batch * (double)plan.NewTokens, "new tokens/s"));
+    Console.WriteLine(rows[^1].Line());
+}
+total.Stop();
+
+string report = Report.Markdown(settings, device, config, parameterCount, plan, rows, total.Elapsed);
+Console.WriteLine();
+Console.WriteLine(Report.Table(rows));
+string outPath = settings.Out ?? Report.DefaultPath(device, settings.DType);
+Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
+File.WriteAllText(outPath, report);
+Console.WriteLine($"wrote {outPath} ({total.Elapsed.TotalSeconds:F0} s)");
+return 0;
+
+internal sealed record Plan((int Batch, int Length)[] Forward, int[] Generate, int PromptTokens, int NewTokens, int Repeats);
+
+internal sealed record ResultRow(string Name, string Shape, double[] Seconds, double Tokens, string Unit)
+{
+    public double Median
+    {
+        get
+        {
+            var s = Seconds.OrderBy(x => x).ToArray();
+            return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
+        }
+    }
+    public double Throughput => Tokens / Median;
+    public string Line() => string.Create(CultureInfo.InvariantCulture,
+        $"{Name,-28} {Shape,-18} median {Median * 1000,10:F1} ms  {Throughput,12:F0} {Unit}  (runs: {string.Join(", ", Seconds.Select(t => (t * 1000).ToString("F0", CultureInfo.InvariantCulture)))} ms)");
+}
+
+internal sealed record BenchSettings(string? Device, string DType, ScalarType ScalarType, bool Quick, string? Out, int? Threads, string? TorchLib)
+{
+    public static BenchSettings? Parse(string[] args)
+    {
+        string? device = null, dtype = "float32", outPath = null, torchLib = null;
+        int? threads = null;
+        bool quick = false;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
+            try
+            {
+                switch (args[i])
+                {
+                    case "--device": device = Value(); break;
+                    case "--dtype": dtype = Value(); break;
+                    case "--quick": quick = true; break;
+                    case "--out": outPath = Value(); break;
+                    case "--threads": threads = int.Parse(Value(), CultureInfo.InvariantCulture); break;
+                    case "--torch-lib": torchLib = Value(); break;
+                    case "-h" or "--help": Usage(); return null;
+                    default: throw new ArgumentException($"unknown argument '{args[i]}'");
+                }
+            }
+            catch (Exception e) when (e is ArgumentException or FormatException or OverflowException)
+            {
+                Console.Error.WriteLine($"ModelBench: {e.Message}");
+                Usage();
+                return null;
+            }
+        }
+        ScalarType? type = dtype switch
+        {
+            "float32" or "fp32" => ScalarType.Float32,
+            "bfloat16" or "bf16" => ScalarType.BFloat16,
+            _ => null,
+        };
+        if (type is null)
+        {
+            Console.Error.WriteLine($"ModelBench: --dtype '{dtype}' is not float32 or bfloat16");
+            return null;
+        }
+        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib);
+    }
+
+    private static void Usage() => Console.Error.WriteLine(
+        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR]");
+}
+
+internal static class Report
+{
+    public static string DefaultPath(Device device, string dtype)
+    {
+        // the repository's benchmarks/results, found from the working directory, else next to it
+        string root = Directory.GetCurrentDirectory();
+        for (var d = new DirectoryInfo(root); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "WeakTeacher.Native.sln"))) { root = d.FullName; break; }
+        string name = device.type == DeviceType.CUDA ? "cuda" : "cpu";
+        string suffix = dtype == "float32" ? "" : "-" + dtype;
+        return Path.Combine(root, "benchmarks", "results", $"model-{name}{suffix}-{DateTime.UtcNow:yyyy-MM-dd}.md");
+    }
+
+    public static string Table(List<ResultRow> rows)
+    {
+        var t = new StringBuilder();
+        t.AppendLine("| benchmark | batch x tokens | median ms | throughput | runs (ms) |");
+        t.AppendLine("|---|---|---:|---:|---|");
+        foreach (var r in rows)
+            t.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {r.Name} | {r.Shape} | {r.Median * 1000:F1} | {r.Throughput:F0} {r.Unit} | {string.Join(", ", r.Seconds.Select(s => (s * 1000).ToString("F0", CultureInfo.InvariantCulture)))} |"));
+        return t.ToString();
+    }
+
+    public static string Markdown(BenchSettings settings, Device device, ModelConfig config, long parameters, Plan plan,
+        List<ResultRow> rows, TimeSpan elapsed)
+    {
+        var m = new StringBuilder();
+        bool gpu = device.type == DeviceType.CUDA;
+        m.AppendLine($"# ModelBench: OPT-125M-sized model, {(gpu ? "GPU" : "CPU")}, {settings.DType}");
+        m.AppendLine();
+        m.AppendLine($"- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
+        m.AppendLine($"- Command: `dotnet ModelBench.dll {string.Join(' ', Environment.GetCommandLineArgs().Skip(1))}`");
+        m.AppendLine($"- Device: {device}{(gpu ? $" ({TorchDevice.GpuName(device.index < 0 ? 0 : device.index) ?? "unknown GPU"})" : "")}");
+        m.AppendLine($"- CPU: {CpuModel()}, {Environment.ProcessorCount} logical cores; torch threads: {torch.get_num_threads()}; " +
+                     $"load average at the end (1/5/15 min): {LoadAverage()}");
+        if (gpu) m.AppendLine($"- libtorch: {TorchDevice.CudaTorchLib}");
+        m.AppendLine($"- .NET {Environment.Version}, TorchSharp {typeof(torch).Assembly.GetName().Version}, {RuntimeInformation.OSDescription}");
+        m.AppendLine($"- Model: vocab {config.VocabSize}, hidden {config.HiddenSize}, {config.NumHiddenLayers} layers, {config.NumAttentionHeads} heads, " +
+                     $"ffn {config.IntermediateSize}, max positions {config.MaxPositionEmbeddings}; {parameters / 1e6:F1} M parameters, random init");
+        m.AppendLine($"- Timing: one warm-up run, then {plan.Repeats} timed run(s), median reported{(gpu ? "; torch.cuda.synchronize before and after each" : "")}");
+        m.AppendLine($"- Total wall time: {elapsed.TotalSeconds:F0} s{(settings.Quick ? " (--quick)" : "")}");
+        m.AppendLine();
+        m.Append(Table(rows));
+        m.AppendLine();
+        m.AppendLine("forward (logits): one no-grad forward pass over B x T tokens including the LM head (logits [B, T, 50272]); tokens/s = B*T / time.");
+        m.AppendLine($"generate: greedy decoding with the KV cache from unpadded {plan.PromptTokens}-token prompts (prefill included), EOS suppressed so every " +
+                     $"row makes {plan.NewTokens} tokens; new tokens/s = B*{plan.NewTokens} / time.");
+        return m.ToString();
+    }
+
+    // other processes compete for the cores; the load average says how much
+    private static string LoadAverage()
+    {
+        try { return string.Join(" / ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)); }
+        catch (IOException) { return "unknown"; }
+    }
+
+    private static string CpuModel()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                if (line.StartsWith("model name", StringComparison.Ordinal)) return line[(line.IndexOf(':') + 1)..].Trim();
+        }
+        catch (IOException) { }
+        return RuntimeInformation.ProcessArchitecture.ToString();
+    }
+}

@@ -1,0 +1,56 @@
+namespace WeakTeacher.Engine;
+
+/// <summary>
+/// Writes a file so that readers (a restarted host, a client downloading an artifact) see either the old file or the
+/// whole new one, never a torn write: data goes to a temporary file in the same folder, is flushed to disk, then renamed.
+/// </summary>
+public static class AtomicFile
+{
+    public static void WriteAllBytes(string path, ReadOnlySpan<byte> bytes)
+    {
+        string temp = TempPath(path);
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                stream.Write(bytes);
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temp, path, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+        }
+    }
+
+    public static void WriteAllText(string path, string text) => WriteAllBytes(path, System.Text.Encoding.UTF8.GetBytes(text));
+
+    /// <summary>Runs <paramref name="write"/> on a temporary stream and renames the result into place.</summary>
+    public static T Write<T>(string path, Func<Stream, T> write)
+    {
+        string temp = TempPath(path);
+        try
+        {
+            T result;
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                result = write(stream);
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temp, path, overwrite: true);
+            return result;
+        }
+        finally
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+        }
+    }
+
+    private static string TempPath(string path)
+    {
+        string full = Path.GetFullPath(path);
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        return full + ".tmp-" + Guid.NewGuid().ToString("N");
+    }
+}

@@ -1,0 +1,106 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace WeakTeacher.Engine.Models;
+
+/// <summary>
+/// A linear projection y = x W^T + b with an optional LoRA adapter y += (alpha / r) * B(A(dropout(x))).
+/// Parameter names match Hugging Face (weight, bias) and PEFT (lora_A.weight [r, in], lora_B.weight [out, r]).
+/// GPT-2's Conv1D stores W as [in, out]; <see cref="FanInFanOut"/> keeps that layout so checkpoints load as-is.
+/// </summary>
+public sealed class Projection : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight;
+    public Parameter? bias;
+    private Linear? lora_A;
+    private Linear? lora_B;
+    private Dropout? _loraDropout;
+
+    public Projection(long inFeatures, long outFeatures, bool hasBias, bool fanInFanOut = false) : base("Projection")
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        FanInFanOut = fanInFanOut;
+        weight = new Parameter(fanInFanOut ? empty(inFeatures, outFeatures) : empty(outFeatures, inFeatures));
+        bias = hasBias ? new Parameter(zeros(outFeatures)) : null;
+        // nn.Linear's default init; checkpoints overwrite it, pretraining from scratch re-initialises it
+        nn.init.kaiming_uniform_(weight, Math.Sqrt(5));
+        RegisterComponents();
+    }
+
+    public long InFeatures { get; }
+    public long OutFeatures { get; }
+    public bool FanInFanOut { get; }
+    public int LoraRank { get; private set; }
+    public double LoraScaling { get; private set; }
+    public bool HasLora => lora_A is not null;
+
+    public override Tensor forward(Tensor x)
+    {
+        Tensor y = FanInFanOut
+            ? (bias is null ? x.matmul(weight) : torch.addmm(bias, x.reshape(-1, InFeatures), weight, 1, 1).reshape(OutShape(x)))
+            : nn.functional.linear(x, weight, bias);
+        if (lora_A is null || lora_B is null) return y;
+        using var scope = NewDisposeScope();
+        var update = lora_B.forward(lora_A.forward(_loraDropout!.forward(x))) * LoraScaling;
+        return (y + update).MoveToOuterDisposeScope();
+    }
+
+    private long[] OutShape(Tensor x)
+    {
+        var shape = x.shape.ToArray();
+        shape[^1] = OutFeatures;
+        return shape;
+    }
+
+    /// <summary>Adds a LoRA adapter (A ~ kaiming-uniform, B = 0, as PEFT initialises it) and freezes W and b.</summary>
+    public void AttachLora(int rank, double alpha, double dropout)
+    {
+        if (rank <= 0) throw new ArgumentOutOfRangeException(nameof(rank), rank, "LoRA rank must be positive");
+        if (HasLora) throw new InvalidOperationException("This projection already has a LoRA adapter.");
+        var device = weight.device;
+        var dtype = weight.dtype;
+        lora_A = nn.Linear(InFeatures, rank, hasBias: false, device: device, dtype: dtype);
+        lora_B = nn.Linear(rank, OutFeatures, hasBias: false, device: device, dtype: dtype);
+        using (no_grad())
+        {
+            nn.init.kaiming_uniform_(lora_A.weight!, Math.Sqrt(5));
+            lora_B.weight!.zero_();
+        }
+        _loraDropout = nn.Dropout(dropout);
+        LoraRank = rank;
+        LoraScaling = alpha / rank;
+        register_module("lora_A", lora_A);
+        register_module("lora_B", lora_B);
+        weight.requires_grad = false;
+        if (bias is not null) bias.requires_grad = false;
+    }
+
+    /// <summary>Folds the adapter into W (W += scaling * B A) and removes it.</summary>
+    public void MergeLora()
+    {
+        if (lora_A is null || lora_B is null) return;
+        using (no_grad())
+        {
+            var delta = lora_B.weight!.matmul(lora_A.weight!) * LoraScaling; // [out, in]
+            weight.add_(FanInFanOut ? delta.t() : delta);
+        }
+        RemoveLora();
+        weight.requires_grad = true;
+        if (bias is not null) bias.requires_grad = true;
+    }
+
+    private void RemoveLora()
+    {
+        lora_A?.Dispose();
+        lora_B?.Dispose();
+        lora_A = lora_B = null;
+        _loraDropout = null;
+        LoraRank = 0;
+        LoraScaling = 0;
+        // re-register the remaining parameters only (TorchSharp has no unregister)
+        _internal_submodules.Remove("lora_A");
+        _internal_submodules.Remove("lora_B");
+    }
+}

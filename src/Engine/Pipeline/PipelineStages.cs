@@ -1,0 +1,301 @@
+using System.Diagnostics;
+using System.Text.Json;
+using WeakTeacher.Engine.Checkpoints;
+using WeakTeacher.Engine.Data;
+using WeakTeacher.Engine.Evaluation;
+using WeakTeacher.Engine.Generation;
+using WeakTeacher.Engine.Labelling;
+using WeakTeacher.Engine.Models;
+using WeakTeacher.Engine.Runtime;
+using WeakTeacher.Engine.Tokenization;
+using WeakTeacher.Engine.Training;
+using static TorchSharp.torch;
+
+namespace WeakTeacher.Engine.Pipeline;
+
+/// <summary>What a stage produced: named artifact paths under its work folder and its headline metrics.</summary>
+public sealed record StageResult(IReadOnlyDictionary<string, string> Artifacts, IReadOnlyDictionary<string, double> Metrics);
+
+/// <summary>
+/// The paper's stages (Sec. 3.1) as resumable units of work: each writes into its own work folder, and running it again
+/// with the same folder resumes from the last checkpoint there (finished sub-stages are skipped), giving the same result
+/// as an uninterrupted run. The command line, the whole-pipeline runner and the gRPC host all call these.
+/// </summary>
+public static class PipelineStages
+{
+    public const string ResultFile = "stage-result.json";
+
+    /// <summary>Weak teacher on D_l: SFT on the chosen responses, then DPO with the SFT model as reference (or a reward model).</summary>
+    public static Task<StageResult> TrainTeacherAsync(TrainTeacherRequest request, string workDir, IProgress<JobProgress>? progress,
+        CancellationToken ct) => Task.Run(() => TrainTeacher(request, workDir, progress, ct), ct);
+
+    public static StageResult TrainTeacher(TrainTeacherRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (TryReadResult(workDir) is { } done) return done;
+        var device = TorchDevice.Initialize(request.Device);
+        var template = PromptTemplate.Get(request.Template);
+        var examples = ReadPreferences(request.LabelledDataPath, template, request.SkipInvalidRows);
+        var tokenizer = HfTokenizer.Load(request.BaseModelDir);
+        var artifacts = new Dictionary<string, string>();
+        var metrics = new Dictionary<string, double>();
+        if (request.Method == TeacherMethod.RewardModel)
+        {
+            string rewardDir = Path.Combine(workDir, "reward");
+            using var backbone = PretrainedModel.Load(request.BaseModelDir, new ModelLoadOptions { Device = device });
+            using var rewardModel = new RewardModel(backbone, request.Reward.Seed);
+            var result = new RewardTrainer(rewardModel, tokenizer, request.Reward).Train(examples, rewardDir, Prefix(progress, "teacher/reward"), ct);
+            ThrowIfIncomplete(result, ct);
+            artifacts["reward_model"] = result.ModelDir ?? rewardDir;
+            AddFinalMetrics(metrics, "reward", result);
+            TeacherManifest.Write(workDir, new TeacherManifest(TeacherMethod.RewardModel, null, null, artifacts["reward_model"], 1.0));
+        }
+        else
+        {
+            string sftDir = Path.Combine(workDir, "sft");
+            string dpoDir = Path.Combine(workDir, "dpo");
+            var sft = Sft(request.BaseModelDir, examples.Select(e => e.ToSft()).ToList(), request.Sft, sftDir, device, tokenizer,
+                Prefix(progress, "teacher/sft"), ct);
+            AddFinalMetrics(metrics, "sft", sft);
+            var dpo = Dpo(sft.ModelDir!, examples, request.Dpo, dpoDir, device, tokenizer, Prefix(progress, "teacher/dpo"), ct);
+            AddFinalMetrics(metrics, "dpo", dpo);
+            artifacts["reference"] = sft.ModelDir!;
+            artifacts["policy"] = dpo.ModelDir!;
+            if (dpo.AdapterDir is not null) artifacts["adapter"] = dpo.AdapterDir;
+            TeacherManifest.Write(workDir, new TeacherManifest(TeacherMethod.Dpo, dpo.ModelDir, sft.ModelDir, null, request.Dpo.Beta));
+        }
+        artifacts["teacher"] = workDir;
+        return WriteResult(workDir, new StageResult(artifacts, metrics));
+    }
+
+    /// <summary>Labels D_u with a trained teacher; writes the labelled set in the input's own format plus rewards and margins.</summary>
+    public static Task<StageResult> LabelAsync(LabelRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
+        => Task.Run(() => Label(request, workDir, progress, ct), ct);
+
+    public static StageResult Label(LabelRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (TryReadResult(workDir) is { } done) return done;
+        var device = TorchDevice.Initialize(request.Device);
+        var template = PromptTemplate.Get(request.Template);
+        var pairs = PreferenceDataReader.ReadUnlabelled(request.UnlabelledDataPath, new DataReadOptions { SkipInvalidRows = request.SkipInvalidRows })
+            .Select(template.Apply).ToList();
+        if (pairs.Count == 0) throw new InvalidDataException($"{request.UnlabelledDataPath}: no pairs to label.");
+        using var labeler = TeacherManifest.OpenLabeler(request.TeacherDir, device,
+            new LabelingOptions { MaxLength = request.MaxLength, MaxPromptLength = request.MaxPromptLength });
+        var clock = Stopwatch.StartNew();
+        var result = labeler.LabelAll(pairs, request.BatchSize, request.MarginQuantile, Prefix(progress, "label"), ct);
+        Directory.CreateDirectory(workDir);
+        string extension = request.UnlabelledDataPath.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase) ? ".parquet"
+            : request.UnlabelledDataPath.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) ? ".jsonl.gz" : ".jsonl";
+        string labelledPath = Path.Combine(workDir, "labelled" + extension);
+        int written = result.Write(labelledPath);
+        string labelsPath = Path.Combine(workDir, "labels.jsonl");
+        WriteLabels(labelsPath, result);
+        var metrics = new Dictionary<string, double>
+        {
+            ["pairs"] = pairs.Count,
+            ["kept"] = written,
+            ["margin_threshold"] = result.MarginThreshold,
+            ["pairs_per_second"] = pairs.Count / Math.Max(clock.Elapsed.TotalSeconds, 1e-9),
+        };
+        if (result.HumanAgreement is { } agreement) metrics["teacher_vs_human"] = agreement;
+        return WriteResult(workDir, new StageResult(new Dictionary<string, string> { ["labelled"] = labelledPath, ["labels"] = labelsPath }, metrics));
+    }
+
+    /// <summary>Aligns a student on a labelled set: SFT on the chosen responses, then DPO with the SFT model as reference.</summary>
+    public static Task<StageResult> AlignAsync(AlignRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
+        => Task.Run(() => Align(request, workDir, progress, ct), ct);
+
+    public static StageResult Align(AlignRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (TryReadResult(workDir) is { } done) return done;
+        var device = TorchDevice.Initialize(request.Device);
+        var template = PromptTemplate.Get(request.Template);
+        var examples = ReadPreferences(request.LabelledDataPath, template, request.SkipInvalidRows);
+        var tokenizer = HfTokenizer.Load(request.BaseModelDir);
+        var metrics = new Dictionary<string, double>();
+        var sft = Sft(request.BaseModelDir, examples.Select(e => e.ToSft()).ToList(), request.Sft, Path.Combine(workDir, "sft"), device,
+            tokenizer, Prefix(progress, "student/sft"), ct);
+        AddFinalMetrics(metrics, "sft", sft);
+        var dpo = Dpo(sft.ModelDir!, examples, request.Dpo, Path.Combine(workDir, "dpo"), device, tokenizer, Prefix(progress, "student/dpo"), ct);
+        AddFinalMetrics(metrics, "dpo", dpo);
+        var artifacts = new Dictionary<string, string> { ["sft"] = sft.ModelDir!, ["model"] = dpo.ModelDir! };
+        if (dpo.AdapterDir is not null) artifacts["adapter"] = dpo.AdapterDir;
+        return WriteResult(workDir, new StageResult(artifacts, metrics));
+    }
+
+    /// <summary>Generates for held-out prompts with each model and scores the answers with the gold scorer.</summary>
+    public static Task<StageResult> EvaluateAsync(EvaluateRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
+        => Task.Run(() => Evaluate(request, workDir, progress, ct), ct);
+
+    public static StageResult Evaluate(EvaluateRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (request.Models.Count == 0) throw new ArgumentException("Evaluate needs at least one model.", nameof(request));
+        if (TryReadResult(workDir) is { } done) return done;
+        var device = TorchDevice.Initialize(request.Device);
+        var template = PromptTemplate.Get(request.Template);
+        var prompts = PromptFile.Read(request.PromptsPath);
+        using var gold = GoldScorers.Open(request.GoldScorer, device);
+        Directory.CreateDirectory(workDir);
+        var artifacts = new Dictionary<string, string>();
+        var metrics = new Dictionary<string, double>();
+        var rewards = new Dictionary<string, IReadOnlyList<double>>();
+        int index = 0;
+        foreach (var (name, modelDir) in request.Models)
+        {
+            ct.ThrowIfCancellationRequested();
+            string generationsPath = Path.Combine(workDir, $"generations-{name}.jsonl");
+            var answers = Generations.ReadIfComplete(generationsPath, prompts.Count)
+                ?? Generate(modelDir, prompts.Select(template.Render).ToList(), request, device);
+            var scores = gold.Scorer.ScoreBatch(prompts.Zip(answers, (p, a) => (p, a)).ToList());
+            Generations.Write(generationsPath, prompts, answers, scores);
+            var score = StudentScores.Compute(name, scores);
+            rewards[name] = scores;
+            metrics[$"gold_reward/{name}"] = score.Mean;
+            metrics[$"gold_reward_stderr/{name}"] = score.StdErr;
+            artifacts[$"generations/{name}"] = generationsPath;
+            progress?.Report(new JobProgress("evaluate", ++index, request.Models.Count,
+                new Dictionary<string, double> { [$"gold_reward/{name}"] = score.Mean }, 0, null));
+        }
+        foreach (var (a, ra) in rewards)
+            foreach (var (b, rb) in rewards)
+                if (string.CompareOrdinal(a, b) < 0)
+                    metrics[$"win_rate/{a}_vs_{b}"] = WinRate.Compute(ra, rb).Rate;
+        return WriteResult(workDir, new StageResult(artifacts, metrics));
+    }
+
+    // ---- shared pieces ------------------------------------------------------------------------------------------
+
+    internal static TrainResult Sft(string baseModelDir, IReadOnlyList<SftExample> examples, SftConfig config, string outputDir, Device device,
+        ITokenizer tokenizer, IProgress<JobProgress>? progress, CancellationToken ct)
+    {
+        if (TryReadTrainResult(outputDir) is { } done) return done;
+        using var model = PretrainedModel.Load(baseModelDir, new ModelLoadOptions { Device = device });
+        var result = new SftTrainer(model, tokenizer, config, baseModelDir).Train(examples, outputDir, progress, ct);
+        ThrowIfIncomplete(result, ct);
+        return WriteTrainResult(outputDir, result);
+    }
+
+    internal static TrainResult Dpo(string sftModelDir, IReadOnlyList<PreferenceExample> examples, DpoConfig config, string outputDir,
+        Device device, ITokenizer tokenizer, IProgress<JobProgress>? progress, CancellationToken ct)
+    {
+        if (TryReadTrainResult(outputDir) is { } done) return done;
+        var reference = ReferenceModel.FromDirectory(sftModelDir, new ModelLoadOptions { Device = device });
+        using var policy = PretrainedModel.Load(sftModelDir, new ModelLoadOptions { Device = device });
+        var result = new DpoTrainer(policy, tokenizer, config, reference, sftModelDir).Train(examples, outputDir, progress, ct);
+        ThrowIfIncomplete(result, ct);
+        return WriteTrainResult(outputDir, result);
+    }
+
+    private static IReadOnlyList<string> Generate(string modelDir, IReadOnlyList<string> renderedPrompts, EvaluateRequest request, Device device)
+    {
+        using var model = PretrainedModel.Load(modelDir, new ModelLoadOptions { Device = device });
+        model.eval();
+        var tokenizer = HfTokenizer.Load(modelDir);
+        var options = new GenerationOptions
+        {
+            MaxNewTokens = request.MaxNewTokens,
+            DoSample = request.Temperature > 0,
+            Temperature = request.Temperature > 0 ? request.Temperature : 1.0,
+            TopP = request.TopP,
+            Seed = request.Seed,
+        };
+        return Generation.Generator.GenerateText(model, tokenizer, renderedPrompts, options, request.BatchSize);
+    }
+
+    internal static List<PreferenceExample> ReadPreferences(string path, PromptTemplate template, bool skipInvalidRows)
+    {
+        var examples = PreferenceDataReader.ReadPreferences(path, new DataReadOptions { SkipInvalidRows = skipInvalidRows })
+            .Select(template.Apply).ToList();
+        if (examples.Count == 0) throw new InvalidDataException($"{path}: no preference pairs in the file.");
+        return examples;
+    }
+
+    private static IProgress<JobProgress>? Prefix(IProgress<JobProgress>? progress, string stage)
+        => progress is null ? null : new Progress<JobProgress>(p => progress.Report(p with { Stage = stage }));
+
+    private static void ThrowIfIncomplete(TrainResult result, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        if (!result.Completed) throw new OperationCanceledException("training stopped before the last step");
+    }
+
+    private static void AddFinalMetrics(Dictionary<string, double> metrics, string prefix, TrainResult result)
+    {
+        if (result.LogHistory.Count == 0) return;
+        foreach (var (key, value) in result.LogHistory[^1])
+            if (key is not "step" and not "epoch") metrics[$"{prefix}/{key}"] = value;
+    }
+
+    // A finished (sub-)stage leaves its result file; a rerun with the same folder returns it instead of redoing the work.
+    private static StageResult? TryReadResult(string workDir)
+    {
+        string path = Path.Combine(workDir, ResultFile);
+        if (!File.Exists(path)) return null;
+        var stored = JsonSerializer.Deserialize<StoredResult>(File.ReadAllText(path))!;
+        return new StageResult(stored.Artifacts, stored.Metrics);
+    }
+
+    private static StageResult WriteResult(string workDir, StageResult result)
+    {
+        Directory.CreateDirectory(workDir);
+        AtomicFile.WriteAllText(Path.Combine(workDir, ResultFile),
+            JsonSerializer.Serialize(new StoredResult(new(result.Artifacts), new(result.Metrics.Where(m => double.IsFinite(m.Value)))), Indented));
+        return result;
+    }
+
+    private const string TrainDoneFile = "train-result.json";
+
+    private static TrainResult? TryReadTrainResult(string outputDir)
+    {
+        string path = Path.Combine(outputDir, TrainDoneFile);
+        if (!File.Exists(path)) return null;
+        var stored = JsonSerializer.Deserialize<StoredTrain>(File.ReadAllText(path))!;
+        return new TrainResult(stored.GlobalStep, stored.GlobalStep, true, null, stored.LogHistory, outputDir, null, stored.ModelDir,
+            stored.AdapterDir, TimeSpan.Zero);
+    }
+
+    private static TrainResult WriteTrainResult(string outputDir, TrainResult result)
+    {
+        var history = result.LogHistory.Select(h => h.Where(kv => double.IsFinite(kv.Value)).ToDictionary()).ToList();
+        AtomicFile.WriteAllText(Path.Combine(outputDir, TrainDoneFile),
+            JsonSerializer.Serialize(new StoredTrain(result.GlobalStep, result.ModelDir, result.AdapterDir, history), Indented));
+        return result;
+    }
+
+    private static void WriteLabels(string path, LabellingResult result)
+    {
+        using var stream = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(stream))
+        {
+            for (int i = 0; i < result.Pairs.Count; i++)
+            {
+                var l = result.Labels[i];
+                writer.WriteStartObject();
+                writer.WriteNumber("index", i);
+                if (result.Pairs[i].Id is { } id) writer.WriteString("id", id);
+                writer.WriteNumber("label", l.Label);
+                if (result.Pairs[i].HumanLabel is { } human) writer.WriteNumber("human_label", human); else writer.WriteNull("human_label");
+                writer.WriteNumber("reward_a", l.RewardA);
+                writer.WriteNumber("reward_b", l.RewardB);
+                writer.WriteNumber("margin", l.Margin);
+                writer.WriteNumber("confidence", l.Confidence);
+                writer.WriteBoolean("kept", result.Kept[i]);
+                writer.WriteEndObject();
+                writer.Flush();
+                stream.WriteByte((byte)'\n');
+                writer.Reset();
+            }
+        }
+        AtomicFile.WriteAllBytes(path, stream.ToArray());
+    }
+
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    private sealed record StoredResult(Dictionary<string, string> Artifacts, Dictionary<string, double> Metrics);
+
+    private sealed record StoredTrain(int GlobalStep, string? ModelDir, string? AdapterDir, List<Dictionary<string, double>> LogHistory);
+}

@@ -1,0 +1,104 @@
+using System.Diagnostics;
+using TorchSharp;
+using WeakTeacher.Engine.LogProbs;
+using WeakTeacher.Engine.Models;
+using WeakTeacher.Engine.Tokenization;
+using WeakTeacher.Engine.Training;
+using static TorchSharp.torch;
+
+namespace WeakTeacher.Engine.Pipeline;
+
+/// <summary>Causal-LM pretraining from scratch: next-token loss on every token (MaxSteps decides the length).</summary>
+public sealed record PretrainConfig : TrainingConfig
+{
+    public PretrainConfig()
+    {
+        MaxSteps = 400;
+        LearningRate = 3e-3;
+        WarmupRatio = 0.05;
+        WeightDecay = 0.01;
+        LrScheduler = "cosine";
+        MaxLength = 96;
+    }
+}
+
+/// <summary>
+/// Pretrains a randomly initialised model on plain documents, so that the embedded task's base models know
+/// the task's language before the paper's pipeline aligns them. Loss: mean next-token NLL over real tokens,
+/// computed with the engine's response log-prob operation (every token after the first counts as response).
+/// </summary>
+public static class Pretraining
+{
+    public static IReadOnlyList<double> Train(CausalLM model, ITokenizer tokenizer, IReadOnlyList<string> documents,
+        PretrainConfig config, string stage, IProgress<JobProgress>? progress = null, CancellationToken ct = default)
+    {
+        if (documents.Count == 0) throw new ArgumentException("no documents to pretrain on", nameof(documents));
+        var encoded = documents.Select(d => Encode(tokenizer, d, config.MaxLength)).ToArray();
+        var rng = new Random((int)config.Seed);
+        torch.manual_seed(config.Seed);
+        model.train();
+        using var optimizer = TrainingOptimizer.Create(model, config);
+        int totalSteps = config.MaxSteps;
+        int warmup = LearningRateSchedule.WarmupSteps(config, totalSteps);
+        var losses = new List<double>(totalSteps);
+        int[] order = Enumerable.Range(0, encoded.Length).ToArray();
+        int cursor = order.Length;
+        var clock = Stopwatch.StartNew();
+        long tokens = 0;
+        for (int step = 0; step < totalSteps; step++)
+        {
+            ct.ThrowIfCancellationRequested();
+            var batch = new int[config.BatchSize][];
+            for (int i = 0; i < batch.Length; i++)
+            {
+                if (cursor == order.Length) { rng.Shuffle(order); cursor = 0; }
+                batch[i] = encoded[order[cursor++]];
+            }
+            double lr = LearningRateSchedule.At(config.LrScheduler, config.LearningRate, step, warmup, totalSteps);
+            optimizer.SetLearningRate(lr);
+            using var scope = NewDisposeScope();
+            var (ids, mask) = Pad(batch, tokenizer.PadTokenId, model.Device);
+            var logps = ResponseLogProbs.Compute(model, ids, mask, mask);
+            var count = mask[.., 1..].sum().to_type(ScalarType.Float32);
+            var loss = -logps.sum() / count;
+            optimizer.ZeroGrad();
+            loss.backward();
+            optimizer.ClipGradients(config.MaxGradNorm);
+            optimizer.Step();
+            double value = loss.item<float>();
+            losses.Add(value);
+            tokens += (long)count.item<float>();
+            if (progress is not null && (step % 10 == 0 || step == totalSteps - 1))
+            {
+                double elapsed = clock.Elapsed.TotalSeconds;
+                progress.Report(new JobProgress(stage, step + 1, totalSteps,
+                    new Dictionary<string, double> { ["loss"] = value, ["learning_rate"] = lr },
+                    tokens / Math.Max(elapsed, 1e-9),
+                    TimeSpan.FromSeconds(elapsed / (step + 1) * (totalSteps - step - 1))));
+            }
+        }
+        model.eval();
+        return losses;
+    }
+
+    private static int[] Encode(ITokenizer tokenizer, string document, int maxLength)
+    {
+        var body = tokenizer.Encode(document);
+        var ids = new List<int>(body.Count + 2);
+        if (tokenizer.AddsBos && tokenizer.BosTokenId is { } bos) ids.Add(bos);
+        ids.AddRange(body);
+        ids.Add(tokenizer.EosTokenId);
+        return ids.Count > maxLength ? ids.GetRange(0, maxLength).ToArray() : ids.ToArray();
+    }
+
+    private static (Tensor Ids, Tensor Mask) Pad(int[][] batch, int pad, Device device)
+    {
+        int width = batch.Max(b => b.Length);
+        var ids = new long[batch.Length * width];
+        var mask = new long[batch.Length * width];
+        Array.Fill(ids, pad);
+        for (int r = 0; r < batch.Length; r++)
+            for (int t = 0; t < batch[r].Length; t++) { ids[r * width + t] = batch[r][t]; mask[r * width + t] = 1; }
+        return (tensor(ids, new long[] { batch.Length, width }).to(device), tensor(mask, new long[] { batch.Length, width }).to(device));
+    }
+}

@@ -1,0 +1,129 @@
+using TorchSharp;
+using WeakTeacher.Engine.Checkpoints;
+using WeakTeacher.Engine.Models;
+using static TorchSharp.torch;
+
+namespace WeakTeacher.Engine.Training;
+
+/// <summary>
+/// Where a DPO reference model comes from, and its identity for the reference log-prob cache. The model is only
+/// loaded when the cache misses, and disposed right after (it is not kept while the policy trains).
+/// </summary>
+public sealed class ReferenceModel
+{
+    private readonly Func<CausalLM> _load;
+
+    private ReferenceModel(string identity, string description, Func<CausalLM> load)
+    {
+        Identity = identity;
+        Description = description;
+        _load = load;
+    }
+
+    /// <summary>SHA-256 of the reference weights (or the identity a caller gave).</summary>
+    public string Identity { get; }
+    public string Description { get; }
+
+    /// <summary>A Hugging Face checkpoint folder; the identity is the SHA-256 of its weight file(s) and config.json.</summary>
+    public static ReferenceModel FromDirectory(string dir, ModelLoadOptions? options = null)
+    {
+        if (!Directory.Exists(dir)) throw new CheckpointException(dir, "reference model folder not found");
+        var files = Directory.GetFiles(dir, "*.safetensors").Select(Path.GetFileName).OfType<string>()
+            .Where(f => f == PretrainedModel.WeightsFile || f.StartsWith("model-", StringComparison.Ordinal))
+            .OrderBy(f => f, StringComparer.Ordinal).ToList();
+        if (files.Count == 0) throw new CheckpointException(dir, $"no {PretrainedModel.WeightsFile} (or shards) in the reference model folder");
+        using var hash = new Hashing.Builder();
+        foreach (var file in files.Append(PretrainedModel.ConfigFile))
+        {
+            var path = Path.Combine(dir, file);
+            hash.Add(file).Add(File.Exists(path) ? Hashing.FileSha256(path) : "-");
+        }
+        return new ReferenceModel(hash.Hex(), dir, () => PretrainedModel.Load(dir, options));
+    }
+
+    /// <summary>A model made in code; <paramref name="identity"/> must change whenever its weights do.</summary>
+    public static ReferenceModel FromFactory(string identity, Func<CausalLM> load, string description = "in-memory reference")
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(identity);
+        ArgumentNullException.ThrowIfNull(load);
+        return new ReferenceModel(identity, description, load);
+    }
+
+    /// <summary>An identity from the current weights of <paramref name="model"/> (SHA-256 over every parameter's bytes).</summary>
+    public static string WeightsIdentity(nn.Module model)
+    {
+        using var hash = new Hashing.Builder();
+        foreach (var (name, p) in model.named_parameters())
+        {
+            using var cpu = p.detach().to(ScalarType.Float32).cpu().contiguous();
+            hash.Add(name).Add(string.Join(",", p.shape));
+            var bytes = cpu.bytes.ToArray();
+            hash.Add(Hashing.Sha256Hex(bytes));
+        }
+        return hash.Hex();
+    }
+
+    public CausalLM Load() => _load();
+}
+
+/// <summary>
+/// Reference log-probs of a preference dataset, computed once per (reference model, dataset, tokenisation) and kept on
+/// disk, as TRL's precompute_ref_log_probs does: &lt;dir&gt;/ref-logps-&lt;key&gt;.safetensors holding "logps" [N, 2]
+/// float32 (chosen, rejected) per pair index, with the full key in the metadata.
+/// </summary>
+public static class ReferenceLogProbCache
+{
+    public static string FilePath(string cacheDir, string key) => Path.Combine(cacheDir, $"ref-logps-{key[..Math.Min(32, key.Length)]}.safetensors");
+
+    /// <summary>The cache key: SHA-256 over the reference identity, the dataset hash and the tokenisation settings.</summary>
+    public static string Key(string referenceIdentity, string datasetHash, string settings)
+    {
+        using var hash = new Hashing.Builder();
+        return hash.Add("ref-logps-v1").Add(referenceIdentity).Add(datasetHash).Add(settings).Hex();
+    }
+
+    /// <summary>The cached [N, 2] log-probs, or null when absent or made for another key/size.</summary>
+    public static Tensor? TryLoad(string cacheDir, string key, int count)
+    {
+        var path = FilePath(cacheDir, key);
+        if (!File.Exists(path)) return null;
+        try
+        {
+            var tensors = SafeTensors.Load(path, out var metadata);
+            if (!metadata.TryGetValue("key", out var stored) || stored != key || !tensors.TryGetValue("logps", out var logps)
+                || logps.dim() != 2 || logps.shape[0] != count || logps.shape[1] != 2)
+            {
+                foreach (var t in tensors.Values) t.Dispose();
+                return null;
+            }
+            foreach (var (name, t) in tensors) if (name != "logps") t.Dispose();
+            return logps;
+        }
+        catch (CheckpointException)
+        {
+            return null; // a damaged cache file is recomputed, not trusted
+        }
+    }
+
+    public static void Save(string cacheDir, string key, Tensor logps)
+    {
+        Directory.CreateDirectory(cacheDir);
+        SafeTensors.Save(new Dictionary<string, Tensor> { ["logps"] = logps.to(ScalarType.Float32).cpu() }, FilePath(cacheDir, key),
+            new Dictionary<string, string> { ["key"] = key, ["count"] = logps.shape[0].ToString(System.Globalization.CultureInfo.InvariantCulture) });
+    }
+
+    /// <summary>The cached log-probs, or <paramref name="compute"/>'s (then stored). <paramref name="fromCache"/> tells which.</summary>
+    public static Tensor GetOrCompute(string cacheDir, string key, int count, Func<Tensor> compute, out bool fromCache)
+    {
+        var cached = TryLoad(cacheDir, key, count);
+        if (cached is not null)
+        {
+            fromCache = true;
+            return cached;
+        }
+        var computed = compute();
+        Save(cacheDir, key, computed);
+        fromCache = false;
+        return computed;
+    }
+}

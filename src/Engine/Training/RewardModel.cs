@@ -1,0 +1,187 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using TorchSharp.Modules;
+using WeakTeacher.Engine.Checkpoints;
+using WeakTeacher.Engine.Data;
+using WeakTeacher.Engine.Models;
+using WeakTeacher.Engine.Tokenization;
+using static TorchSharp.torch;
+
+namespace WeakTeacher.Engine.Training;
+
+/// <summary>
+/// A Bradley-Terry reward model as transformers' *ForSequenceClassification with num_labels 1: a causal LM backbone
+/// (its output head unused) and a scalar head <c>score</c> [1, H_out] without bias, read at the last real token of
+/// each sequence (the last position where attention_mask is 1, so either padding side works).
+/// Saved as a Hugging Face folder: backbone weights plus score.weight in model.safetensors, config.json with
+/// architectures [&lt;Family&gt;ForSequenceClassification] and num_labels 1.
+/// </summary>
+public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
+{
+    private readonly CausalLM backbone;
+    private readonly Linear score;
+
+    public RewardModel(CausalLM backbone, long seed = 0) : base("RewardModel")
+    {
+        this.backbone = backbone ?? throw new ArgumentNullException(nameof(backbone));
+        long hidden = backbone.OutputWeight.shape[1];
+        score = nn.Linear(hidden, 1, hasBias: false, device: backbone.Device, dtype: backbone.DType);
+        using (no_grad())
+        {
+            // transformers initialises the head as every linear layer: normal(0, initializer_range)
+            var generator = new Generator((ulong)seed);
+            var init = normal(0, backbone.Config.InitializerRange, new long[] { 1, hidden }, generator: generator);
+            score.weight!.copy_(init);
+        }
+        RegisterComponents();
+    }
+
+    public CausalLM Backbone => backbone;
+    public Parameter ScoreWeight => score.weight!;
+    public ModelConfig Config => backbone.Config;
+    public Device Device => backbone.Device;
+
+    /// <summary>Rewards [B] (float32) at the last real token of each row of <paramref name="inputIds"/> [B, T].</summary>
+    public override Tensor forward(Tensor inputIds, Tensor attentionMask)
+    {
+        using var scope = NewDisposeScope();
+        var device = Device;
+        var ids = inputIds.to(ScalarType.Int64).to(device);
+        var mask = attentionMask.to(device);
+        var hidden = backbone.ForwardHidden(ids, mask);                                   // [B, T, H]
+        long t = ids.shape[1];
+        // index of the last position with mask 1 (argmax of position * mask; rows with no real token give 0)
+        var positions = arange(t, ScalarType.Int64, device).unsqueeze(0) * mask.ne(0).to(ScalarType.Int64);
+        var last = positions.argmax(1);                                                     // [B]
+        var picked = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, hidden.shape[2])).squeeze(1); // [B, H]
+        var rewards = score.forward(picked).squeeze(-1).to(ScalarType.Float32);
+        return rewards.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The architectures name of this family's sequence classifier in transformers.</summary>
+    public static string ArchitectureName(ModelConfig config) => config.Family switch
+    {
+        ModelFamily.Opt => "OPTForSequenceClassification",
+        ModelFamily.Gpt2 => "GPT2ForSequenceClassification",
+        _ => config.ModelType == "mistral" ? "MistralForSequenceClassification" : "LlamaForSequenceClassification",
+    };
+
+    /// <summary>Backbone tensor names not saved with a sequence classifier (its LM head).</summary>
+    private static bool IsLmHead(string name) => name == "lm_head.weight";
+
+    /// <summary>Writes the model as a Hugging Face sequence-classification folder (LoRA adapters must be merged first).</summary>
+    public void Save(string dir, ITokenizer? tokenizer = null)
+    {
+        if (LoraAdapters.HasAdapters(backbone))
+            throw new InvalidOperationException("the reward model has LoRA adapters; merge them (LoraAdapters.Merge) before saving");
+        Directory.CreateDirectory(dir);
+        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (name, p) in backbone.named_parameters())
+            if (!IsLmHead(name)) tensors[name] = p;
+        tensors["score.weight"] = score.weight!;
+        var weightsPath = Path.Combine(dir, PretrainedModel.WeightsFile);
+        SafeTensors.Save(tensors, weightsPath, new Dictionary<string, string> { ["format"] = "pt" });
+        foreach (var stale in new[] { PretrainedModel.IndexFile })
+            if (File.Exists(Path.Combine(dir, stale))) File.Delete(Path.Combine(dir, stale));
+
+        var json = Config.ToJson();
+        json["architectures"] = new JsonArray(ArchitectureName(Config));
+        json["num_labels"] = 1;
+        json["id2label"] = new JsonObject { ["0"] = "LABEL_0" };
+        json["label2id"] = new JsonObject { ["LABEL_0"] = 0 };
+        json["torch_dtype"] = PretrainedModel.DTypeName(backbone.DType);
+        if (json["pad_token_id"] is null && tokenizer is not null) json["pad_token_id"] = tokenizer.PadTokenId;
+        LoraAdapters.WriteTextAtomically(Path.Combine(dir, PretrainedModel.ConfigFile), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        if (tokenizer is HfTokenizer hf) hf.Save(dir);
+    }
+
+    /// <summary>
+    /// Loads a sequence-classification folder written by <see cref="Save"/> or by transformers (num_labels 1). Every
+    /// backbone tensor but the LM head and score.weight must be present.
+    /// </summary>
+    public static RewardModel Load(string dir, ModelLoadOptions? options = null)
+    {
+        options ??= new ModelLoadOptions();
+        var configPath = Path.Combine(dir, PretrainedModel.ConfigFile);
+        if (!File.Exists(configPath)) throw new CheckpointException(dir, "no config.json in the reward model folder");
+        var weightsPath = Path.Combine(dir, PretrainedModel.WeightsFile);
+        if (!File.Exists(weightsPath)) throw new CheckpointException(dir, $"no {PretrainedModel.WeightsFile} in the reward model folder");
+        JsonNode? root = JsonNode.Parse(File.ReadAllText(configPath));
+        if (root?["num_labels"] is JsonNode labels && labels.GetValue<int>() != 1)
+            throw new CheckpointException(configPath, $"num_labels is {labels.GetValue<int>()}; a reward model has 1");
+        if (root?["id2label"] is JsonObject id2label && id2label.Count != 1)
+            throw new CheckpointException(configPath, $"id2label has {id2label.Count} labels; a reward model has 1");
+
+        HashSet<string> stored;
+        using (var file = SafeTensorsFile.Open(weightsPath))
+        {
+            if (!file.Tensors.ContainsKey("score.weight"))
+                throw new CheckpointException(weightsPath, "tensor 'score.weight' (the reward head) is missing");
+            stored = new HashSet<string>(file.Tensors.Keys, StringComparer.Ordinal);
+        }
+        var backbone = PretrainedModel.Load(dir, options with { Strict = false });
+        RewardModel? model = null;
+        try
+        {
+            // Load(Strict = false) keeps missing tensors at their init: check the backbone is complete (GPT-2 names
+            // may come with or without "transformer.")
+            static string Alternative(string n) => n.StartsWith("transformer.", StringComparison.Ordinal) ? n["transformer.".Length..] : "transformer." + n;
+            var missing = backbone.named_parameters().Select(p => p.name)
+                .Where(n => !IsLmHead(n) && !stored.Contains(n) && !stored.Contains(Alternative(n)))
+                .ToList();
+            if (missing.Count > 0)
+                throw new CheckpointException(weightsPath, $"backbone tensor '{missing[0]}' is missing ({missing.Count} missing)");
+            model = new RewardModel(backbone);
+            using (var file = SafeTensorsFile.Open(weightsPath))
+            {
+                var info = file.Tensors["score.weight"];
+                if (!info.Shape.SequenceEqual(model.ScoreWeight.shape))
+                    throw new CheckpointException(weightsPath, $"score.weight has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", model.ScoreWeight.shape)}]");
+                using var scoreTensor = file.Read("score.weight");
+                using (no_grad()) model.ScoreWeight.copy_(scoreTensor);
+            }
+            model.eval();
+            return model;
+        }
+        catch
+        {
+            if (model is not null) model.Dispose(); else backbone.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Rewards of (prompt, response) texts, in input order, batched: the prompt is tokenised as DPO does (BOS, template
+    /// already applied by the caller), the response followed by EOS, truncated to <paramref name="options"/>.
+    /// </summary>
+    public float[] Score(IReadOnlyList<(string Prompt, string Response)> items, ITokenizer tokenizer, int batchSize = 16,
+        TokenizationOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(items);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
+        var tokenizerRules = new PreferenceTokenizer(tokenizer, options);
+        var result = new float[items.Count];
+        bool wasTraining = training;
+        eval();
+        try
+        {
+            using var noGrad = no_grad();
+            for (int start = 0; start < items.Count; start += batchSize)
+            {
+                int count = Math.Min(batchSize, items.Count - start);
+                var sequences = new List<TokenizedSequence>(count);
+                for (int i = 0; i < count; i++) sequences.Add(tokenizerRules.TokenizeSequence(items[start + i].Prompt, items[start + i].Response));
+                using var scope = NewDisposeScope();
+                using var batch = Collator.CollateSequences(sequences, tokenizer.PadTokenId, Device);
+                var rewards = forward(batch.InputIds, batch.AttentionMask).cpu();
+                rewards.data<float>().ToArray().CopyTo(result, start);
+            }
+        }
+        finally
+        {
+            if (wasTraining) train();
+        }
+        return result;
+    }
+}

@@ -1,0 +1,121 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using WeakTeacher.Engine.Pipeline;
+
+namespace WeakTeacher.Engine.Training;
+
+/// <summary>
+/// Where a run's metrics go: metrics.jsonl in the output folder (one object per logged step: "step" then the TRL names),
+/// an <see cref="IProgress{JobProgress}"/> callback, and the console (a progress bar with ETA on a terminal, plain lines
+/// when stdout is redirected).
+/// </summary>
+public sealed class TrainingLog : IDisposable
+{
+    public const string MetricsFile = "metrics.jsonl";
+
+    private readonly string _stage;
+    private readonly IProgress<JobProgress>? _progress;
+    private readonly bool _console;
+    private readonly bool _terminal;
+    private readonly StreamWriter? _writer;
+    private readonly Stopwatch _clock = Stopwatch.StartNew();
+    private readonly int _startStep;
+    private int _lastConsoleLength;
+
+    /// <param name="truncateAfterStep">on resume: rows of metrics.jsonl with a step above this are dropped (they were logged after the checkpoint).</param>
+    public TrainingLog(string stage, string? outputDir, IProgress<JobProgress>? progress, bool console, int startStep, int truncateAfterStep)
+    {
+        _stage = stage;
+        _progress = progress;
+        _console = console;
+        _terminal = console && !Console.IsOutputRedirected;
+        _startStep = startStep;
+        if (outputDir is not null)
+        {
+            Directory.CreateDirectory(outputDir);
+            var path = Path.Combine(outputDir, MetricsFile);
+            if (File.Exists(path)) KeepRowsUpTo(path, truncateAfterStep);
+            _writer = new StreamWriter(new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read), new UTF8Encoding(false));
+        }
+    }
+
+    /// <summary>Writes one logged step everywhere.</summary>
+    public void Log(int step, int totalSteps, IReadOnlyDictionary<string, double> metrics)
+    {
+        double tokensPerSecond = metrics.TryGetValue("tokens_per_second", out var t) ? t : 0;
+        TimeSpan? eta = null;
+        int done = step - _startStep;
+        if (done > 0 && totalSteps > step)
+            eta = TimeSpan.FromSeconds(_clock.Elapsed.TotalSeconds / done * (totalSteps - step));
+        if (_writer is not null)
+        {
+            var row = new StringBuilder("{\"step\":").Append(step.ToString(CultureInfo.InvariantCulture));
+            foreach (var (name, value) in metrics)
+                row.Append(',').Append(JsonSerializer.Serialize(name)).Append(':').Append(FormatNumber(value));
+            row.Append('}');
+            _writer.WriteLine(row.ToString());
+            _writer.Flush();
+        }
+        _progress?.Report(new JobProgress(_stage, step, totalSteps, metrics, tokensPerSecond, eta));
+        if (_console) WriteConsole(step, totalSteps, metrics, eta);
+    }
+
+    /// <summary>Ends the console bar's line.</summary>
+    public void Finish()
+    {
+        if (_terminal && _lastConsoleLength > 0) Console.WriteLine();
+        _lastConsoleLength = 0;
+    }
+
+    private void WriteConsole(int step, int totalSteps, IReadOnlyDictionary<string, double> metrics, TimeSpan? eta)
+    {
+        string loss = metrics.TryGetValue("loss", out var l) ? l.ToString("0.0000", CultureInfo.InvariantCulture) : "-";
+        string etaText = eta is TimeSpan e ? e.ToString(e.TotalHours >= 1 ? @"h\:mm\:ss" : @"m\:ss", CultureInfo.InvariantCulture) : "--:--";
+        if (_terminal)
+        {
+            const int width = 30;
+            double fraction = totalSteps > 0 ? Math.Clamp((double)step / totalSteps, 0, 1) : 0;
+            int filled = (int)Math.Round(fraction * width);
+            var line = $"{_stage} [{new string('#', filled)}{new string('.', width - filled)}] {step}/{totalSteps} loss {loss} eta {etaText}";
+            Console.Write("\r" + line.PadRight(_lastConsoleLength));
+            _lastConsoleLength = line.Length;
+            if (step >= totalSteps) Finish();
+        }
+        else
+        {
+            var extras = string.Join(" ", metrics.Where(m => m.Key is "grad_norm" or "learning_rate" or "rewards/accuracies" or "accuracy")
+                .Select(m => $"{m.Key}={m.Value.ToString("G4", CultureInfo.InvariantCulture)}"));
+            Console.WriteLine($"{_stage} step {step}/{totalSteps} loss {loss} {extras} eta {etaText}");
+        }
+    }
+
+    private static string FormatNumber(double value) =>
+        double.IsFinite(value) ? value.ToString("R", CultureInfo.InvariantCulture) : JsonSerializer.Serialize(value.ToString(CultureInfo.InvariantCulture));
+
+    private static void KeepRowsUpTo(string path, int lastStep)
+    {
+        var kept = new List<string>();
+        foreach (var line in File.ReadLines(path))
+        {
+            if (line.Length == 0) continue;
+            try
+            {
+                using var doc = JsonDocument.Parse(line);
+                if (doc.RootElement.TryGetProperty("step", out var s) && s.TryGetInt32(out int step) && step <= lastStep) kept.Add(line);
+            }
+            catch (JsonException)
+            {
+                // a row cut off by the interruption: dropped, as it was logged after the checkpoint
+            }
+        }
+        File.WriteAllLines(path, kept);
+    }
+
+    public void Dispose()
+    {
+        Finish();
+        _writer?.Dispose();
+    }
+}

@@ -1,0 +1,303 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using TorchSharp;
+using WeakTeacher.Engine.Checkpoints;
+using WeakTeacher.Engine.Data;
+using WeakTeacher.Engine.Pipeline;
+using static TorchSharp.torch;
+
+namespace WeakTeacher.Engine.Training;
+
+/// <summary>What a finished (or interrupted) <c>Train</c> call did.</summary>
+/// <param name="GlobalStep">Optimizer steps done in total (including those of a run it resumed).</param>
+/// <param name="TotalSteps">Steps the run is planned for.</param>
+/// <param name="Completed">False when it stopped early on cancellation (a checkpoint was written to resume from).</param>
+/// <param name="ResumedFromStep">The checkpoint step it resumed from, or null for a fresh run.</param>
+/// <param name="LogHistory">Every logged row ("step" plus the TRL metric names), resumed rows included.</param>
+/// <param name="LastCheckpoint">The last checkpoint folder written or resumed from.</param>
+/// <param name="ModelDir">Where the final model was saved (a Hugging Face checkpoint), or null when interrupted.</param>
+/// <param name="AdapterDir">Where the final LoRA adapter was saved (PEFT layout), or null.</param>
+public sealed record TrainResult(
+    int GlobalStep,
+    int TotalSteps,
+    bool Completed,
+    int? ResumedFromStep,
+    IReadOnlyList<IReadOnlyDictionary<string, double>> LogHistory,
+    string OutputDir,
+    string? LastCheckpoint,
+    string? ModelDir,
+    string? AdapterDir,
+    TimeSpan Elapsed)
+{
+    /// <summary>DPO: true when the reference log-probs came from the on-disk cache, false when computed; null for other trainers.</summary>
+    public bool? ReferenceLogProbsFromCache { get; init; }
+
+    /// <summary>The loss of the last logged step, or NaN.</summary>
+    public double FinalLoss => LogHistory.LastOrDefault(r => r.ContainsKey("loss")) is { } row ? row["loss"] : double.NaN;
+}
+
+/// <summary>Weighted sums of per-item metrics over one optimizer step (mean = sum / count per name).</summary>
+public sealed class MetricSums
+{
+    private readonly Dictionary<string, (double Sum, double Count)> _values = new(StringComparer.Ordinal);
+    private readonly List<string> _order = new();
+
+    public void Add(string name, double sum, double count)
+    {
+        if (!_values.TryGetValue(name, out var v)) { v = (0, 0); _order.Add(name); }
+        _values[name] = (v.Sum + sum, v.Count + count);
+    }
+
+    /// <summary>Adds every element of a 1-D tensor (one item each).</summary>
+    public void AddItems(string name, Tensor values)
+    {
+        using var cpu = values.detach().to(ScalarType.Float64).cpu();
+        Add(name, cpu.sum().item<double>(), values.numel());
+    }
+
+    public IEnumerable<(string Name, double Mean)> Means() =>
+        _order.Select(n => (n, _values[n].Count > 0 ? _values[n].Sum / _values[n].Count : double.NaN));
+}
+
+/// <summary>One prepared micro-batch of a trainer.</summary>
+internal sealed class MicroBatch(object payload, int[] exampleIndices, double normaliser, long tokens) : IDisposable
+{
+    public object Payload { get; } = payload;
+    public int[] ExampleIndices { get; } = exampleIndices;
+    /// <summary>Items the loss is averaged over (pairs for DPO / reward, response tokens for SFT).</summary>
+    public double Normaliser { get; } = normaliser;
+    /// <summary>Real tokens in the batch (tokens/s).</summary>
+    public long Tokens { get; } = tokens;
+    public void Dispose() => (Payload as IDisposable)?.Dispose();
+}
+
+/// <summary>What the shared loop needs from a trainer.</summary>
+internal interface ITrainingTask
+{
+    string Stage { get; }
+    int ExampleCount { get; }
+    MicroBatch Prepare(IReadOnlyList<int> exampleIndices);
+    /// <summary>Forward and backward of (loss summed over the batch's items) * <paramref name="lossScale"/>; adds metrics to <paramref name="sums"/>.</summary>
+    void ForwardBackward(MicroBatch batch, double lossScale, MetricSums sums);
+}
+
+/// <summary>
+/// The optimisation loop every trainer shares (transformers' Trainer inner loop): seeded shuffling, gradient
+/// accumulation with the loss normalised over the whole accumulation window (so 2 x 4 equals one batch of 8),
+/// clipping, the per-step schedule, logging, atomic checkpoints and exact resume.
+/// </summary>
+internal static class TrainingLoop
+{
+    public static TrainResult Run(ITrainingTask task, nn.Module model, TrainingConfig config, string outputDir, string runFingerprint,
+        IProgress<JobProgress>? progress, CancellationToken cancellationToken)
+    {
+        Validate(config);
+        var clock = Stopwatch.StartNew();
+        Directory.CreateDirectory(outputDir);
+        TrainingCheckpoints.RemoveIncomplete(outputDir);
+
+        var batcher = new DataBatcher<int>(Enumerable.Range(0, task.ExampleCount).ToArray(), config.BatchSize, config.Seed, shuffle: true);
+        int accumulation = config.GradientAccumulationSteps;
+        int stepsPerEpoch = (batcher.BatchesPerEpoch + accumulation - 1) / accumulation;
+        int totalSteps = config.MaxSteps > 0 ? config.MaxSteps : config.Epochs * stepsPerEpoch;
+        int warmupSteps = LearningRateSchedule.WarmupSteps(config, totalSteps);
+        string fingerprint = Fingerprint(task.Stage, runFingerprint, config, task.ExampleCount, totalSteps);
+
+        model.train();
+        using var optimizer = TrainingOptimizer.Create(model, config);
+        var trainable = optimizer.Parameters.Select(p => (p.Name, (Tensor)p.Parameter)).ToList();
+
+        int globalStep = 0;
+        long tokensSeen = 0;
+        int? resumedFrom = null;
+        var history = new List<Dictionary<string, double>>();
+        string? lastCheckpoint = TrainingCheckpoints.Latest(outputDir);
+        if (lastCheckpoint is not null)
+        {
+            var state = TrainingCheckpoints.ReadState(lastCheckpoint);
+            if (state.Trainer != task.Stage || state.RunFingerprint != fingerprint)
+                throw new CheckpointException(lastCheckpoint,
+                    $"this checkpoint belongs to a different run ({state.Trainer}, other data or settings); use another output folder or remove it");
+            TrainingCheckpoints.Restore(lastCheckpoint, trainable, optimizer);
+            batcher.Restore(new BatcherPosition(state.Data.Epoch, state.Data.BatchIndex));
+            globalStep = state.GlobalStep;
+            tokensSeen = state.TokensSeen;
+            history = state.LogHistory;
+            resumedFrom = state.GlobalStep;
+        }
+
+        using var log = new TrainingLog(task.Stage, outputDir, progress, config.ConsoleProgress, globalStep, globalStep);
+        var window = new MetricSums();
+        int stepsInWindow = 0;
+        long windowTokens = 0;
+        var windowClock = Stopwatch.StartNew();
+        int lastSaved = resumedFrom ?? -1;
+        bool interrupted = false;
+
+        while (globalStep < totalSteps)
+        {
+            if (cancellationToken.IsCancellationRequested) { interrupted = true; break; }
+            double learningRate = LearningRateSchedule.At(config.LrScheduler, config.LearningRate, globalStep, warmupSteps, totalSteps);
+            optimizer.SetLearningRate(learningRate);
+
+            // the micro-batches of this step: up to `accumulation` batches, never across an epoch boundary
+            var batches = new List<MicroBatch>();
+            try
+            {
+                if (batcher.Position.BatchIndex >= batcher.BatchesPerEpoch)
+                    batcher.Restore(new BatcherPosition(batcher.Position.Epoch + 1, 0));
+                for (int i = 0; i < accumulation && batcher.Position.BatchIndex < batcher.BatchesPerEpoch; i++)
+                    batches.Add(task.Prepare(batcher.Next()));
+                double normaliser = batches.Sum(b => b.Normaliser);
+                if (normaliser <= 0) throw new InvalidOperationException($"{task.Stage}: a step's batches have nothing to train on (no response tokens)");
+                optimizer.ZeroGrad();
+                foreach (var batch in batches)
+                {
+                    task.ForwardBackward(batch, 1.0 / normaliser, window);
+                    windowTokens += batch.Tokens;
+                    tokensSeen += batch.Tokens;
+                }
+            }
+            finally
+            {
+                foreach (var b in batches) b.Dispose();
+            }
+            double gradNorm = optimizer.ClipGradients(config.MaxGradNorm);
+            optimizer.Step();
+            globalStep++;
+            stepsInWindow++;
+            window.Add("grad_norm", gradNorm, 1);
+            window.Add("learning_rate", learningRate, 1);
+
+            bool last = globalStep == totalSteps;
+            if (globalStep % Math.Max(1, config.LoggingSteps) == 0 || last)
+            {
+                var row = new Dictionary<string, double>(StringComparer.Ordinal);
+                foreach (var (name, mean) in window.Means()) row[name] = mean;
+                row["tokens_per_second"] = windowTokens / Math.Max(1e-9, windowClock.Elapsed.TotalSeconds);
+                row["epoch"] = (double)globalStep / stepsPerEpoch;
+                row["num_tokens"] = tokensSeen;
+                var logged = new Dictionary<string, double>(row) { ["step"] = globalStep };
+                history.Add(logged);
+                log.Log(globalStep, totalSteps, row);
+                window = new MetricSums();
+                stepsInWindow = 0;
+                windowTokens = 0;
+                windowClock.Restart();
+            }
+
+            bool stopping = cancellationToken.IsCancellationRequested;
+            if ((config.SaveSteps > 0 && globalStep % config.SaveSteps == 0) || last || stopping)
+            {
+                lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
+                    batcher, config, tokensSeen, history, trainable, optimizer);
+                lastSaved = globalStep;
+            }
+            if (stopping && !last) { interrupted = true; break; }
+        }
+
+        if (interrupted && lastSaved != globalStep && globalStep > 0)
+            lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
+                batcher, config, tokensSeen, history, trainable, optimizer);
+        if (!interrupted && lastSaved != globalStep && globalStep > 0)
+            lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
+                batcher, config, tokensSeen, history, trainable, optimizer);
+        log.Finish();
+        model.eval();
+        return new TrainResult(globalStep, totalSteps, !interrupted, resumedFrom, history, outputDir, lastCheckpoint, null, null, clock.Elapsed);
+    }
+
+    private static string SaveCheckpoint(string outputDir, string stage, string fingerprint, int globalStep, int totalSteps, int warmupSteps,
+        int stepsPerEpoch, DataBatcher<int> batcher, TrainingConfig config, long tokensSeen, List<Dictionary<string, double>> history,
+        IReadOnlyList<(string Name, Tensor Tensor)> trainable, TrainingOptimizer optimizer)
+    {
+        var state = new TrainerState
+        {
+            Trainer = stage,
+            GlobalStep = globalStep,
+            TotalSteps = totalSteps,
+            WarmupSteps = warmupSteps,
+            Data = new DataPosition(batcher.Position.Epoch, batcher.Position.BatchIndex, batcher.Seed),
+            Epoch = (double)globalStep / stepsPerEpoch,
+            TokensSeen = tokensSeen,
+            RunFingerprint = fingerprint,
+            LogHistory = history,
+        };
+        return TrainingCheckpoints.Save(outputDir, state, trainable, optimizer, config.SaveTotalLimit);
+    }
+
+    internal static void Validate(TrainingConfig config)
+    {
+        void Require(bool ok, string field, object value, string rule)
+        {
+            if (!ok) throw new ArgumentException($"{config.GetType().Name}.{field} = {Convert.ToString(value, CultureInfo.InvariantCulture)}: {rule}");
+        }
+        Require(config.BatchSize > 0, nameof(config.BatchSize), config.BatchSize, "must be > 0");
+        Require(config.GradientAccumulationSteps > 0, nameof(config.GradientAccumulationSteps), config.GradientAccumulationSteps, "must be > 0");
+        Require(config.Epochs > 0 || config.MaxSteps > 0, nameof(config.Epochs), config.Epochs, "must be > 0 unless MaxSteps is set");
+        Require(config.MaxSteps >= 0, nameof(config.MaxSteps), config.MaxSteps, "must be >= 0");
+        Require(config.LearningRate >= 0 && double.IsFinite(config.LearningRate), nameof(config.LearningRate), config.LearningRate, "must be a finite number >= 0");
+        Require(config.WarmupRatio >= 0 && config.WarmupRatio <= 1, nameof(config.WarmupRatio), config.WarmupRatio, "must lie in [0, 1]");
+        Require(config.WarmupSteps >= 0, nameof(config.WarmupSteps), config.WarmupSteps, "must be >= 0");
+        Require(LearningRateSchedule.Kinds.Contains(config.LrScheduler.ToLowerInvariant()), nameof(config.LrScheduler), config.LrScheduler,
+            $"must be one of {string.Join(", ", LearningRateSchedule.Kinds)}");
+        Require(config.SaveSteps >= 0, nameof(config.SaveSteps), config.SaveSteps, "must be >= 0");
+        Require(config.MaxLength > 0, nameof(config.MaxLength), config.MaxLength, "must be > 0");
+        Require(config.MaxPromptLength > 0 && config.MaxPromptLength < config.MaxLength, nameof(config.MaxPromptLength), config.MaxPromptLength,
+            "must be > 0 and below MaxLength");
+    }
+
+    private static string Fingerprint(string stage, string runFingerprint, TrainingConfig config, int examples, int totalSteps)
+    {
+        var text = string.Join("|", stage, runFingerprint, examples, totalSteps, config.BatchSize, config.GradientAccumulationSteps, config.Seed,
+            config.LearningRate.ToString("R", CultureInfo.InvariantCulture), config.LrScheduler,
+            config.MaxLength, config.MaxPromptLength, config.Lora?.Rank ?? 0, string.Join(",", config.Lora?.TargetModules ?? Array.Empty<string>()));
+        return Hashing.Sha256Hex(Encoding.UTF8.GetBytes(text));
+    }
+}
+
+/// <summary>SHA-256 helpers for cache keys and run fingerprints.</summary>
+public static class Hashing
+{
+    public static string Sha256Hex(byte[] data) => Convert.ToHexStringLower(SHA256.HashData(data));
+
+    /// <summary>SHA-256 of a file's content.</summary>
+    public static string FileSha256(string path)
+    {
+        using var stream = File.OpenRead(path);
+        return Convert.ToHexStringLower(SHA256.HashData(stream));
+    }
+
+    /// <summary>An incremental SHA-256 over strings and integers (length-prefixed, so concatenations cannot collide).</summary>
+    public sealed class Builder : IDisposable
+    {
+        private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+
+        public Builder Add(string? text)
+        {
+            var bytes = text is null ? Array.Empty<byte>() : Encoding.UTF8.GetBytes(text);
+            Add(text is null ? -1 : bytes.Length);
+            _hash.AppendData(bytes);
+            return this;
+        }
+
+        public Builder Add(long value)
+        {
+            _hash.AppendData(BitConverter.GetBytes(value));
+            return this;
+        }
+
+        public Builder Add(IReadOnlyList<int> values)
+        {
+            Add(values.Count);
+            foreach (var v in values) _hash.AppendData(BitConverter.GetBytes(v));
+            return this;
+        }
+
+        public string Hex() => Convert.ToHexStringLower(_hash.GetHashAndReset());
+
+        public void Dispose() => _hash.Dispose();
+    }
+}

@@ -1,0 +1,158 @@
+using System.Collections.Concurrent;
+using System.Threading.Channels;
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using WeakTeacher.Grpc.V1;
+using WeakTeacher.GrpcHost.Storage;
+using WeakTeacher.GrpcHost.Validation;
+using EngineProgress = WeakTeacher.Engine.Pipeline.JobProgress;
+
+namespace WeakTeacher.GrpcHost.Jobs;
+
+internal sealed record ArtifactEntry(string Name, int Kind, string Id);
+
+/// <summary>
+/// The job queue (bounded: a start beyond Limits:QueueCapacity is refused), the cancellation handles of running jobs,
+/// and the fan-out of progress events to WatchJob streams. Records live in SQLite; this holds only what is in flight.
+/// </summary>
+internal sealed class JobManager
+{
+    private readonly Channel<string> queue = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleWriter = false });
+    private readonly ConcurrentDictionary<string, CancellationTokenSource> running = new();
+    private readonly ConcurrentDictionary<string, ConcurrentDictionary<Guid, Channel<JobEvent>>> watchers = new();
+    private readonly Store store;
+    private readonly ServiceOptions options;
+    private int pending;
+
+    public JobManager(Store store, ServiceOptions options)
+    {
+        this.store = store;
+        this.options = options;
+    }
+
+    public static readonly JsonFormatter Json = new(JsonFormatter.Settings.Default.WithFormatDefaultValues(false));
+    public static readonly JsonParser Parser = new(JsonParser.Settings.Default.WithIgnoreUnknownFields(false));
+
+    public int QueueLength => Volatile.Read(ref pending);
+    public int RunningCount => running.Count;
+    public ChannelReader<string> Reader => queue.Reader;
+
+    /// <summary>Records a job as queued and puts it on the queue, or refuses with RESOURCE_EXHAUSTED when the queue is full.</summary>
+    public JobRecord Enqueue(JobKind kind, IMessage request)
+    {
+        if (Interlocked.Increment(ref pending) > options.Limits.QueueCapacity)
+        {
+            Interlocked.Decrement(ref pending);
+            throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                $"job queue is full ({options.Limits.QueueCapacity} waiting, Limits:QueueCapacity); retry later"));
+        }
+        var record = new JobRecord(DataLayout.NewId("job"), (int)kind, (int)JobState.Queued, Json.Format(request), null, "[]", "{}",
+            "", "", DateTimeOffset.UtcNow, null, null, 0);
+        store.InsertJob(record);
+        queue.Writer.TryWrite(record.Id);
+        return record;
+    }
+
+    /// <summary>Puts jobs found queued or running at start-up back on the queue (they resume from their checkpoints).</summary>
+    public int Recover()
+    {
+        var jobs = store.UnfinishedJobs((int)JobState.Queued, (int)JobState.Running);
+        foreach (var job in jobs)
+        {
+            Interlocked.Increment(ref pending);
+            queue.Writer.TryWrite(job.Id);
+        }
+        return jobs.Count;
+    }
+
+    public void Dequeued() => Interlocked.Decrement(ref pending);
+
+    public CancellationTokenSource Started(string id, CancellationToken hostStopping)
+    {
+        var cts = CancellationTokenSource.CreateLinkedTokenSource(hostStopping);
+        running[id] = cts;
+        return cts;
+    }
+
+    public void Ended(string id)
+    {
+        if (running.TryRemove(id, out var cts)) cts.Dispose();
+    }
+
+    public Job Cancel(string id)
+    {
+        var record = store.GetJob(id) ?? throw RequestErrors.NotFound("job_id", "job", id);
+        if (record.State == (int)JobState.Queued &&
+            store.FinishJob(id, (int)JobState.Cancelled, [(int)JobState.Queued], "[]", "{}", "cancelled before it started", "CANCELLED", DateTimeOffset.UtcNow))
+        {
+            PublishState(id, JobState.Cancelled, "cancelled before it started", "CANCELLED");
+        }
+        else if (running.TryGetValue(id, out var cts))
+        {
+            try { cts.Cancel(); } catch (ObjectDisposedException) { }
+        }
+        return ToProto(store.GetJob(id)!);
+    }
+
+    public bool IsCancelRequested(string id) => running.TryGetValue(id, out var cts) && cts.IsCancellationRequested;
+
+    // ---- watchers
+
+    public (Guid Id, ChannelReader<JobEvent> Events) Subscribe(string jobId)
+    {
+        var channel = Channel.CreateBounded<JobEvent>(new BoundedChannelOptions(1024) { FullMode = BoundedChannelFullMode.DropOldest });
+        var id = Guid.NewGuid();
+        watchers.GetOrAdd(jobId, _ => new())[id] = channel;
+        return (id, channel.Reader);
+    }
+
+    public void Unsubscribe(string jobId, Guid id)
+    {
+        if (watchers.TryGetValue(jobId, out var set)) set.TryRemove(id, out _);
+    }
+
+    private void Publish(string jobId, JobEvent e)
+    {
+        if (!watchers.TryGetValue(jobId, out var set)) return;
+        foreach (var channel in set.Values) channel.Writer.TryWrite(e);
+    }
+
+    public void PublishState(string jobId, JobState state, string error = "", string errorCode = "") =>
+        Publish(jobId, new JobEvent
+        {
+            JobId = jobId, Time = Timestamp.FromDateTimeOffset(DateTimeOffset.UtcNow),
+            StateChange = new JobStateChange { State = state, Error = error, ErrorCode = errorCode },
+        });
+
+    public void PublishProgress(string jobId, JobProgress progress) =>
+        Publish(jobId, new JobEvent { JobId = jobId, Time = Timestamp.FromDateTimeOffset(DateTimeOffset.UtcNow), Progress = progress });
+
+    // ---- conversions
+
+    public static JobProgress ToProto(EngineProgress p)
+    {
+        var progress = new JobProgress { Stage = p.Stage, Step = p.Step, TotalSteps = p.TotalSteps, TokensPerSecond = p.TokensPerSecond };
+        foreach (var (name, value) in p.Metrics) progress.Metrics[name] = value;
+        if (p.Metrics.TryGetValue("loss", out var loss)) progress.Loss = loss;
+        if (p.Eta is { } eta) progress.EtaSeconds = eta.TotalSeconds;
+        return progress;
+    }
+
+    public static Job ToProto(JobRecord r)
+    {
+        var job = new Job
+        {
+            Id = r.Id, Kind = (JobKind)r.Kind, State = (JobState)r.State, ConfigJson = r.ConfigJson, Error = r.Error, ErrorCode = r.ErrorCode,
+            CreatedAt = Timestamp.FromDateTimeOffset(r.CreatedAt), Attempts = r.Attempts,
+        };
+        if (r.StartedAt is { } started) job.StartedAt = Timestamp.FromDateTimeOffset(started);
+        if (r.FinishedAt is { } finished) job.FinishedAt = Timestamp.FromDateTimeOffset(finished);
+        if (r.ProgressJson is not null) job.Progress = JobProgress.Parser.ParseJson(r.ProgressJson);
+        foreach (var a in System.Text.Json.JsonSerializer.Deserialize<List<ArtifactEntry>>(r.ArtifactsJson) ?? [])
+            job.Artifacts.Add(new Artifact { Name = a.Name, Kind = (ArtifactKind)a.Kind, Id = a.Id });
+        foreach (var (name, value) in System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, double>>(r.MetricsJson) ?? [])
+            job.Metrics[name] = value;
+        return job;
+    }
+}

@@ -1,0 +1,105 @@
+using Grpc.Core;
+using WeakTeacher.Engine.Pipeline;
+using JobKind = WeakTeacher.Grpc.V1.JobKind;
+using ArtifactKind = WeakTeacher.Grpc.V1.ArtifactKind;
+using DatasetFormat = WeakTeacher.Grpc.V1.DatasetFormat;
+using WeakTeacher.GrpcHost.Storage;
+using V1 = WeakTeacher.Grpc.V1;
+using EngineProgress = WeakTeacher.Engine.Pipeline.JobProgress;
+
+namespace WeakTeacher.GrpcHost.Jobs;
+
+/// <summary>What a finished stage left: its artifacts (name -> path under the work folder) and result metrics.</summary>
+internal sealed record StageOutput(IReadOnlyDictionary<string, string> Artifacts, IReadOnlyDictionary<string, double> Metrics);
+
+/// <summary>Runs one job's engine stage in its work folder (a second call with the same folder resumes from its checkpoint).</summary>
+internal sealed class StageRunner(Catalog catalog)
+{
+    public static bool StagesAvailable =>
+#if WT_ENGINE_STAGES
+        true;
+#else
+        false;
+#endif
+
+    public async Task<StageOutput> RunAsync(JobRecord job, string device, string workDir, IProgress<EngineProgress> progress, CancellationToken ct)
+    {
+        var kind = (JobKind)job.Kind;
+        // Ids are resolved again now: an input deleted while the job waited fails it with NOT_FOUND.
+        object request = kind switch
+        {
+            JobKind.Train => RequestTranslation.Train(V1.TrainRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
+            JobKind.Label => RequestTranslation.Label(V1.LabelRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
+            JobKind.Align => RequestTranslation.Align(V1.AlignRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
+            JobKind.Evaluate => RequestTranslation.Evaluate(V1.EvaluateRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
+            _ => throw new InvalidOperationException($"job {job.Id} has unknown kind {job.Kind}"),
+        };
+        Directory.CreateDirectory(workDir);
+#if WT_ENGINE_STAGES
+        var result = request switch
+        {
+            TrainTeacherRequest r => await PipelineStages.TrainTeacherAsync(r, workDir, progress, ct),
+            LabelRequest r => await PipelineStages.LabelAsync(r, workDir, progress, ct),
+            AlignRequest r => await PipelineStages.AlignAsync(r, workDir, progress, ct),
+            EvaluateRequest r => await PipelineStages.EvaluateAsync(r, workDir, progress, ct),
+            _ => throw new InvalidOperationException($"no stage for {request.GetType().Name}"),
+        };
+        return new StageOutput(result.Artifacts, result.Metrics);
+#else
+        await Task.CompletedTask;
+        GC.KeepAlive(request);
+        throw new RpcException(new Status(StatusCode.Unimplemented,
+            "this build of the host has no engine pipeline stages (src/Engine/Pipeline/PipelineStages.cs)"));
+#endif
+    }
+
+    /// <summary>
+    /// Registers a finished stage's outputs: folders become models, "labelled"/"dataset" files become datasets, other
+    /// files stay with the job (DownloadJobArtifact). Ids derive from the job id, so registering again after a crash
+    /// finds what the earlier attempt published instead of publishing twice.
+    /// </summary>
+    public List<ArtifactEntry> Register(JobRecord job, StageOutput output, string workDir, string? outputName)
+    {
+        var entries = new List<ArtifactEntry>();
+        var suffix = job.Id["job-".Length..];
+        var kindName = ((JobKind)job.Kind).ToString().ToLowerInvariant();
+        foreach (var (name, rawPath) in output.Artifacts.OrderBy(a => a.Key, StringComparer.Ordinal))
+        {
+            var path = Path.IsPathRooted(rawPath) ? rawPath : Path.Combine(workDir, rawPath);
+            var safe = new string(name.Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' ? c : '_').ToArray());
+            var display = name is "model" or "labelled" or "teacher" ? outputName ?? $"{kindName}-{job.Id}" : $"{outputName ?? kindName + "-" + job.Id}-{safe}";
+            if (Directory.Exists(path))
+            {
+                var id = $"mdl-{suffix}-{safe}";
+                if (catalog.GetModelOrNull(id) is null) catalog.RegisterModelDir(id, display, path, $"job:{job.Id}");
+                entries.Add(new ArtifactEntry(name, (int)ArtifactKind.Model, id));
+            }
+            else if (File.Exists(path) && name is "labelled" or "dataset" or "data")
+            {
+                var id = $"ds-{suffix}-{safe}";
+                if (catalog.GetDatasetOrNull(id) is null) catalog.RegisterDatasetFile(id, display, path, DatasetFormat.Unspecified, $"job:{job.Id}");
+                entries.Add(new ArtifactEntry(name, (int)ArtifactKind.Dataset, id));
+            }
+            else if (File.Exists(path))
+            {
+                var target = Path.Combine(catalog.Layout.JobArtifactsDir(job.Id), safe + Path.GetExtension(path));
+                if (!File.Exists(target)) DataLayout.WriteFileAtomically(target, File.ReadAllBytes(path));
+                entries.Add(new ArtifactEntry(name, (int)ArtifactKind.File, name));
+            }
+            else
+            {
+                throw new InvalidOperationException($"stage artifact '{name}' at {path} does not exist");
+            }
+        }
+        return entries;
+    }
+
+    public string? ArtifactFile(string jobId, string name)
+    {
+        var safe = new string(name.Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' ? c : '_').ToArray());
+        var dir = catalog.Layout.JobArtifactsDir(jobId);
+        if (!Directory.Exists(dir)) return null;
+        return Directory.EnumerateFiles(dir).FirstOrDefault(f =>
+            Path.GetFileNameWithoutExtension(f) == safe && !Path.GetFileName(f).Contains(".tmp-", StringComparison.Ordinal));
+    }
+}

@@ -1,0 +1,123 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using Grpc.Core;
+using WeakTeacher.Engine.Data;
+using WeakTeacher.GrpcHost.Observability;
+using WeakTeacher.GrpcHost.Storage;
+
+namespace WeakTeacher.GrpcHost.Labeling;
+
+/// <summary>One pair's label: <see cref="ChosenIndex"/> 0 = A preferred, 1 = B.</summary>
+internal sealed record PairLabel(int ChosenIndex, double RewardA, double RewardB, double Margin);
+
+/// <summary>A loaded teacher that labels batches of pairs (the engine's WeakLabeler).</summary>
+internal interface ITeacherLabeller : IDisposable
+{
+    IReadOnlyList<PairLabel> Label(IReadOnlyList<UnlabelledPair> pairs);
+}
+
+internal sealed record PendingPair(string TeacherId, UnlabelledPair Pair, TaskCompletionSource<PairLabel> Result);
+
+/// <summary>
+/// The micro-batching queue of the streaming labeller: pairs from every open LabelStream wait here; one loop takes the
+/// first pair, gathers more for up to Labeling:MaxWaitMilliseconds or until Labeling:MaxBatchSize, and labels them with
+/// the teacher, which is loaded once and kept while requests for it keep coming.
+/// </summary>
+internal sealed class LabelBatcher : BackgroundService
+{
+    private readonly Channel<PendingPair> queue = Channel.CreateBounded<PendingPair>(new BoundedChannelOptions(4096) { SingleReader = true });
+    private readonly ServiceOptions options;
+    private readonly Catalog catalog;
+    private readonly HostMetrics metrics;
+    private readonly ILogger<LabelBatcher> logger;
+    private readonly Func<string, string, ServiceOptions, ITeacherLabeller>? load;
+    private (string Id, ITeacherLabeller Labeller)? loaded;
+
+    public LabelBatcher(ServiceOptions options, Catalog catalog, HostMetrics metrics, ILogger<LabelBatcher> logger)
+    {
+        this.options = options;
+        this.catalog = catalog;
+        this.metrics = metrics;
+        this.logger = logger;
+        load = EngineLabeller.Factory;
+    }
+
+    public bool Available => load is not null;
+
+    public async Task<PairLabel> LabelAsync(string teacherId, UnlabelledPair pair, CancellationToken ct)
+    {
+        var pending = new PendingPair(teacherId, pair, new TaskCompletionSource<PairLabel>(TaskCreationOptions.RunContinuationsAsynchronously));
+        await queue.Writer.WriteAsync(pending, ct);
+        return await pending.Result.Task.WaitAsync(ct);
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var batch = new List<PendingPair>();
+        try
+        {
+            while (await queue.Reader.WaitToReadAsync(stoppingToken))
+            {
+                batch.Clear();
+                if (!queue.Reader.TryRead(out var first)) continue;
+                batch.Add(first);
+                using (var wait = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken))
+                {
+                    wait.CancelAfter(options.Labeling.MaxWaitMilliseconds);
+                    try
+                    {
+                        while (batch.Count < options.Labeling.MaxBatchSize)
+                        {
+                            if (queue.Reader.TryRead(out var next)) { batch.Add(next); continue; }
+                            if (!await queue.Reader.WaitToReadAsync(wait.Token)) break;
+                        }
+                    }
+                    catch (OperationCanceledException) when (!stoppingToken.IsCancellationRequested) { }
+                }
+                // One teacher per device batch; pairs for other teachers go in the next batches.
+                foreach (var group in batch.GroupBy(p => p.TeacherId))
+                    await Task.Run(() => LabelGroup(group.Key, group.ToList()), CancellationToken.None);
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested) { }
+        finally
+        {
+            loaded?.Labeller.Dispose();
+            while (queue.Reader.TryRead(out var left)) left.Result.TrySetCanceled();
+        }
+    }
+
+    private void LabelGroup(string teacherId, List<PendingPair> group)
+    {
+        try
+        {
+            var labeller = Teacher(teacherId);
+            var clock = Stopwatch.StartNew();
+            var labels = labeller.Label(group.Select(p => p.Pair).ToList());
+            metrics.LabelBatch(group.Count, clock.Elapsed);
+            for (int i = 0; i < group.Count; i++) group[i].Result.TrySetResult(labels[i]);
+        }
+        catch (Exception e)
+        {
+            var failure = e is RpcException ? e : Jobs.JobWorker.Classify(e) switch
+            {
+                var (code, message) => new RpcException(new Status(code, message)),
+            };
+            if (((RpcException)failure).StatusCode == StatusCode.ResourceExhausted) { loaded?.Labeller.Dispose(); loaded = null; }
+            logger.LogError(e, "Labelling a batch of {Pairs} pairs with teacher {TeacherId} failed", group.Count, teacherId);
+            foreach (var p in group) p.Result.TrySetException(failure);
+        }
+    }
+
+    private ITeacherLabeller Teacher(string teacherId)
+    {
+        if (loaded is { } current && current.Id == teacherId) return current.Labeller;
+        var model = catalog.GetModel("teacher_model_id", teacherId);
+        loaded?.Labeller.Dispose();
+        loaded = null;
+        logger.LogInformation("Loading teacher {TeacherId} for streaming labelling", teacherId);
+        var labeller = load!(catalog.ModelPath(model), options.Devices.Length > 0 ? options.Devices[0] : "cpu", options);
+        loaded = (teacherId, labeller);
+        return labeller;
+    }
+}

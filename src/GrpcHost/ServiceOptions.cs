@@ -1,0 +1,55 @@
+namespace WeakTeacher.GrpcHost;
+
+/// <summary>
+/// The host's settings, bound from configuration (appsettings.json, WT_* environment variables such as
+/// WT_DataDir or WT_Limits__QueueCapacity, then the command line: --DataDir, --Auth:Require ...).
+/// </summary>
+public sealed class ServiceOptions
+{
+    /// <summary>Where the database, datasets, models and job work folders live.</summary>
+    public string DataDir { get; set; } = "data";
+    /// <summary>The only server folder ImportDataset/ImportModel read from (null = imports disabled).</summary>
+    public string? ImportDir { get; set; }
+    /// <summary>The devices jobs run on, one worker each ("cpu", "cuda", "cuda:1").</summary>
+    public string[] Devices { get; set; } = ["cpu"];
+    /// <summary>Prepare the embedded default task (base models + datasets) into the data folder at start-up.</summary>
+    public bool DefaultTask { get; set; }
+    public LimitOptions Limits { get; set; } = new();
+    public AuthOptions Auth { get; set; } = new();
+    public LabelingOptions Labeling { get; set; } = new();
+}
+
+public sealed class LimitOptions
+{
+    /// <summary>Largest single gRPC message either way (uploads are streamed in chunks below this).</summary>
+    public int MaxMessageBytes { get; set; } = 4 * 1024 * 1024;
+    /// <summary>Streaming calls (uploads, downloads, watches, label streams) open at once; more get RESOURCE_EXHAUSTED.</summary>
+    public int MaxConcurrentStreams { get; set; } = 64;
+    /// <summary>HTTP/2 streams per connection (Kestrel).</summary>
+    public int MaxStreamsPerConnection { get; set; } = 100;
+    /// <summary>Jobs waiting to run; a start beyond it gets RESOURCE_EXHAUSTED.</summary>
+    public int QueueCapacity { get; set; } = 64;
+    /// <summary>Largest dataset upload.</summary>
+    public long MaxDatasetBytes { get; set; } = 8L * 1024 * 1024 * 1024;
+    /// <summary>Largest model upload (all files).</summary>
+    public long MaxModelBytes { get; set; } = 64L * 1024 * 1024 * 1024;
+}
+
+public sealed class AuthOptions
+{
+    /// <summary>"auto" (required unless every listen address is loopback), "true" or "false".</summary>
+    public string Require { get; set; } = "auto";
+    /// <summary>SHA-256 (lower-case hex) of accepted API keys; more are stored in the database (`keys add`).</summary>
+    public string[] ApiKeyHashes { get; set; } = [];
+}
+
+public sealed class LabelingOptions
+{
+    /// <summary>Pairs per device batch, gathered from all open streams.</summary>
+    public int MaxBatchSize { get; set; } = 16;
+    /// <summary>How long the first pair of a batch waits for more.</summary>
+    public int MaxWaitMilliseconds { get; set; } = 20;
+    public int MaxLength { get; set; } = 512;
+    public int MaxPromptLength { get; set; } = 256;
+    public string Template { get; set; } = "paper";
+}

@@ -1,0 +1,166 @@
+using Grpc.Core;
+using WeakTeacher.Grpc.V1;
+using WeakTeacher.GrpcHost.Storage;
+using WeakTeacher.GrpcHost.Validation;
+
+namespace WeakTeacher.GrpcHost.Services;
+
+internal sealed class DatasetsServiceImpl(Catalog catalog, Store store, ServiceOptions options, ILogger<DatasetsServiceImpl> logger)
+    : DatasetsService.DatasetsServiceBase
+{
+    public override async Task<Dataset> UploadDataset(IAsyncStreamReader<UploadDatasetRequest> requestStream, ServerCallContext context)
+    {
+        var ct = context.CancellationToken;
+        if (!await requestStream.MoveNext(ct)) throw RequestErrors.Invalid("metadata", "the stream is empty; send metadata first");
+        if (requestStream.Current.PayloadCase != UploadDatasetRequest.PayloadOneofCase.Metadata)
+            throw RequestErrors.Invalid("metadata", "the first message must carry metadata, not data");
+        var metadata = requestStream.Current.Metadata;
+        var name = Names.CheckName("metadata.name", metadata.Name);
+        CheckEnums(metadata);
+
+        var temp = catalog.Layout.NewTempDir();
+        DatasetValidator.Streaming? streaming = null;
+        try
+        {
+            var staged = Path.Combine(temp, "upload");
+            FileEncoding encoding = FileEncoding.Unspecified;
+            long size = 0;
+            var head = new List<byte>(4);
+            await using (var file = new FileStream(staged, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true))
+            {
+                while (await requestStream.MoveNext(ct))
+                {
+                    var message = requestStream.Current;
+                    if (message.PayloadCase != UploadDatasetRequest.PayloadOneofCase.Data)
+                        throw RequestErrors.Invalid("metadata", "sent twice; after the first message only data may follow");
+                    var data = message.Data.Memory;
+                    size += data.Length;
+                    if (size > options.Limits.MaxDatasetBytes)
+                        throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                            $"data: the dataset is larger than {options.Limits.MaxDatasetBytes} bytes (Limits:MaxDatasetBytes)"));
+                    await file.WriteAsync(data, ct);
+                    if (encoding == FileEncoding.Unspecified)
+                    {
+                        int taken = Math.Min(data.Length, 4 - head.Count);
+                        foreach (var b in data.Span[..taken]) head.Add(b);
+                        if (head.Count < 4) continue;
+                        encoding = StartEncoding(metadata, head.ToArray());
+                        if (encoding != FileEncoding.Parquet)
+                        {
+                            streaming = new DatasetValidator.Streaming(metadata.Format, encoding == FileEncoding.JsonlGz, temp);
+                            await FeedValidator(streaming, head.ToArray(), ct);
+                            await FeedValidator(streaming, data[taken..], ct);
+                            head.Clear();
+                        }
+                        continue;
+                    }
+                    if (streaming is not null) await FeedValidator(streaming, data, ct);
+                }
+                await file.FlushAsync(ct);
+                file.Flush(flushToDisk: true);
+            }
+            if (size == 0) throw RequestErrors.Invalid("data", "no bytes were sent");
+            if (encoding == FileEncoding.Unspecified)
+            {
+                // Fewer than 4 bytes in all: check what there is.
+                encoding = StartEncoding(metadata, head.ToArray());
+                streaming = new DatasetValidator.Streaming(metadata.Format, false, temp);
+                await FeedValidator(streaming, head.ToArray(), ct);
+            }
+            DatasetCheck check;
+            try
+            {
+                check = streaming is not null
+                    ? await streaming.CompleteAsync()
+                    : await Task.Run(() => DatasetValidator.CheckFile(staged, metadata.Format, temp), ct);
+                streaming = null;
+            }
+            catch (BadRowException e)
+            {
+                streaming = null;
+                throw BadRow(e);
+            }
+            var record = catalog.PublishDataset(DataLayout.NewId("ds"), name, staged, encoding, check, "upload");
+            logger.LogInformation("Dataset {DatasetId} '{Name}' uploaded: {Rows} rows, {Bytes} bytes", record.Id, name, record.Rows, record.SizeBytes);
+            return Catalog.ToProto(record);
+        }
+        finally
+        {
+            if (streaming is not null) await streaming.AbandonAsync();
+            DataLayout.TryDelete(temp);
+        }
+    }
+
+    private static async Task FeedValidator(DatasetValidator.Streaming streaming, ReadOnlyMemory<byte> data, CancellationToken ct)
+    {
+        if (data.IsEmpty) return;
+        try { await streaming.WriteAsync(data, ct); }
+        catch (BadRowException e) { throw BadRow(e); }
+    }
+
+    private static RpcException BadRow(BadRowException e) =>
+        RequestErrors.Invalid("data", e.Field is null ? $"{e.Location}: {e.Problem}" : $"{e.Location}: field '{e.Field}': {e.Problem}");
+
+    private static void CheckEnums(DatasetMetadata metadata)
+    {
+        if (!Enum.IsDefined(metadata.Format)) throw RequestErrors.Invalid("metadata.format", $"unknown value {(int)metadata.Format}");
+        if (!Enum.IsDefined(metadata.Encoding)) throw RequestErrors.Invalid("metadata.encoding", $"unknown value {(int)metadata.Encoding}");
+    }
+
+    /// <summary>The encoding the bytes show; a declared encoding (or a name ending .gz/.parquet) that disagrees is refused.</summary>
+    private static FileEncoding StartEncoding(DatasetMetadata metadata, byte[] head)
+    {
+        var sniffed = DatasetValidator.Sniff(head);
+        var declared = metadata.Encoding;
+        if (declared == FileEncoding.Unspecified)
+        {
+            if (metadata.Name.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase)) declared = FileEncoding.Parquet;
+            else if (metadata.Name.EndsWith(".gz", StringComparison.OrdinalIgnoreCase)) declared = FileEncoding.JsonlGz;
+        }
+        if (declared != FileEncoding.Unspecified && declared != sniffed)
+            throw RequestErrors.Invalid("metadata.encoding", $"declared {declared} but the data starts like {sniffed}");
+        if (sniffed == FileEncoding.Parquet && metadata.Format == DatasetFormat.Prompts)
+            throw RequestErrors.Invalid("metadata.format", "prompt files must be JSON lines");
+        return sniffed;
+    }
+
+    public override async Task<Dataset> ImportDataset(ImportDatasetRequest request, ServerCallContext context)
+    {
+        if (string.IsNullOrEmpty(options.ImportDir))
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, "path: imports are disabled (ImportDir is not configured)"));
+        var path = Names.ResolveInside("path", options.ImportDir, request.Path);
+        if (!File.Exists(path)) throw new RpcException(new Status(StatusCode.NotFound, $"path: '{request.Path}' is not a file in the import folder"));
+        var metadata = request.Metadata ?? new DatasetMetadata();
+        var name = Names.CheckName("metadata.name", string.IsNullOrEmpty(metadata.Name) ? Path.GetFileName(path) : metadata.Name);
+        CheckEnums(metadata);
+        try
+        {
+            var record = await Task.Run(() => catalog.RegisterDatasetFile(DataLayout.NewId("ds"), name, path, metadata.Format, "import"), context.CancellationToken);
+            logger.LogInformation("Dataset {DatasetId} '{Name}' imported from {Path}", record.Id, name, request.Path);
+            return Catalog.ToProto(record);
+        }
+        catch (BadRowException e)
+        {
+            throw BadRow(e);
+        }
+    }
+
+    public override Task<ListDatasetsResponse> ListDatasets(ListDatasetsRequest request, ServerCallContext context)
+    {
+        var response = new ListDatasetsResponse();
+        foreach (var d in store.ListDatasets())
+            if (request.Format == DatasetFormat.Unspecified || (DatasetFormat)d.Format == request.Format)
+                response.Datasets.Add(Catalog.ToProto(d));
+        return Task.FromResult(response);
+    }
+
+    public override Task<Dataset> GetDataset(GetDatasetRequest request, ServerCallContext context) =>
+        Task.FromResult(Catalog.ToProto(catalog.GetDataset("dataset_id", request.DatasetId)));
+
+    public override Task<DeleteDatasetResponse> DeleteDataset(DeleteDatasetRequest request, ServerCallContext context)
+    {
+        catalog.DeleteDataset("dataset_id", request.DatasetId);
+        logger.LogInformation("Dataset {DatasetId} deleted", request.DatasetId);
+        return Task.FromResult(new DeleteDatasetResponse());
+    }
+}

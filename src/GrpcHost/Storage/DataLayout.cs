@@ -1,0 +1,116 @@
+using System.Security.Cryptography;
+
+namespace WeakTeacher.GrpcHost.Storage;
+
+/// <summary>
+/// The data folder: wt.db, datasets/&lt;id&gt;/&lt;file&gt;, models/&lt;id&gt;/ (Hugging Face layout), jobs/&lt;id&gt;/work (the
+/// engine's work folder, with its checkpoints), jobs/&lt;id&gt;/artifacts, and tmp/ (uploads in flight). Everything that
+/// becomes visible is first written under tmp/ and then renamed into place, so no reader ever sees half a file.
+/// </summary>
+internal sealed class DataLayout
+{
+    public DataLayout(string root)
+    {
+        Root = Path.GetFullPath(root);
+        foreach (var dir in new[] { Root, DatasetsDir, ModelsDir, JobsDir, TmpDir }) Directory.CreateDirectory(dir);
+    }
+
+    public string Root { get; }
+    public string DatabasePath => Path.Combine(Root, "wt.db");
+    public string DatasetsDir => Path.Combine(Root, "datasets");
+    public string ModelsDir => Path.Combine(Root, "models");
+    public string JobsDir => Path.Combine(Root, "jobs");
+    public string TmpDir => Path.Combine(Root, "tmp");
+
+    public string DatasetDir(string id) => Path.Combine(DatasetsDir, id);
+    public string ModelDir(string id) => Path.Combine(ModelsDir, id);
+    public string JobWorkDir(string id) => Path.Combine(JobsDir, id, "work");
+    public string JobArtifactsDir(string id) => Path.Combine(JobsDir, id, "artifacts");
+
+    /// <summary>A fresh folder under tmp/ (same file system as the store, so the final rename is atomic).</summary>
+    public string NewTempDir()
+    {
+        var dir = Path.Combine(TmpDir, Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        return dir;
+    }
+
+    /// <summary>Temp folders left by uploads or registrations that a crash interrupted.</summary>
+    public void CleanTemp()
+    {
+        foreach (var dir in Directory.EnumerateDirectories(TmpDir)) TryDelete(dir);
+        foreach (var file in Directory.EnumerateFiles(TmpDir)) File.Delete(file);
+    }
+
+    public static string NewId(string prefix) => $"{prefix}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}";
+
+    public static void TryDelete(string dir)
+    {
+        try { if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+
+    /// <summary>Copies a folder under tmp/, flushes every file, then renames it to <paramref name="target"/>; if the target exists it is kept.</summary>
+    public void PublishDirectoryCopy(string source, string target)
+    {
+        if (Directory.Exists(target)) return;
+        var temp = NewTempDir();
+        var staging = Path.Combine(temp, "d");
+        CopyDirectory(source, staging);
+        PublishDirectory(staging, target);
+        TryDelete(temp);
+    }
+
+    /// <summary>Renames a complete staged folder into place (atomic on one file system).</summary>
+    public static void PublishDirectory(string staged, string target)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+        try { Directory.Move(staged, target); }
+        catch (IOException) when (Directory.Exists(target)) { /* published by an earlier attempt: keep it */ }
+    }
+
+    public static void CopyDirectory(string source, string target)
+    {
+        Directory.CreateDirectory(target);
+        foreach (var file in Directory.EnumerateFiles(source, "*", SearchOption.AllDirectories))
+        {
+            var relative = Path.GetRelativePath(source, file);
+            var destination = Path.Combine(target, relative);
+            Directory.CreateDirectory(Path.GetDirectoryName(destination)!);
+            CopyFileDurably(file, destination);
+        }
+    }
+
+    public static void CopyFileDurably(string source, string destination)
+    {
+        using (var input = new FileStream(source, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20))
+        using (var output = new FileStream(destination, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            input.CopyTo(output);
+            output.Flush(flushToDisk: true);
+        }
+    }
+
+    /// <summary>Writes bytes to a temp file beside <paramref name="path"/>, flushes, then renames over it.</summary>
+    public static void WriteFileAtomically(string path, ReadOnlySpan<byte> content)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        var temp = path + ".tmp-" + Guid.NewGuid().ToString("N");
+        using (var output = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
+        {
+            output.Write(content);
+            output.Flush(flushToDisk: true);
+        }
+        File.Move(temp, path, overwrite: true);
+    }
+
+    public static string Sha256Of(string path)
+    {
+        using var stream = File.OpenRead(path);
+        return Convert.ToHexStringLower(SHA256.HashData(stream));
+    }
+
+    public static long SizeOf(string dir) =>
+        Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length);
+}

@@ -1,0 +1,85 @@
+using static TorchSharp.torch;
+
+namespace WeakTeacher.CudaKernels.Tests;
+
+/// <summary>The reference path of <see cref="FusedHeadLogProbs"/> against the plain matmul + log_softmax formula.</summary>
+public sealed class FusedHeadLogProbsTests
+{
+    [Theory]
+    [InlineData(29, 16, 509, 4, 0)]     // auto: one block
+    [InlineData(29, 16, 509, 4, 6)]     // 5 forward blocks, the last partial; 8 vocabulary slices in the backward
+    [InlineData(100, 16, 509, 7, 4)]    // backward row tiles of 32: 4 tiles (the last partial) x 8 slices
+    [InlineData(10, 8, 50272, 3, 4)]
+    public void ValuesAndGradientsMatchThePlainFormula(int n, int hiddenSize, int vocab, int s, int chunkRows)
+    {
+        var gen = new TorchSharp.torch.Generator((ulong)(n * 7 + chunkRows));
+        var hidden64 = randn([n, hiddenSize], ScalarType.Float64, generator: gen).requires_grad_(true);
+        var weight64 = (randn([vocab, hiddenSize], ScalarType.Float64, generator: gen) * 0.5).requires_grad_(true);
+        var (labels, seqIndex) = TestData.Rows(gen, n, vocab, s, -100, allMaskedSequence: 0);
+        var tokenWeight = randn([n], ScalarType.Float64, generator: gen);
+        var sequenceWeight = randn([s], ScalarType.Float64, generator: gen);
+
+        var (plainToken, plainSequence) = TestData.PlainLogProbs(hidden64.mm(weight64.t()), labels, seqIndex, s, -100);
+        ((plainToken * tokenWeight).sum() + (plainSequence * sequenceWeight).sum()).backward();
+
+        var hidden = hidden64.detach().to(ScalarType.Float32).requires_grad_(true);
+        var weight = weight64.detach().to(ScalarType.Float32).requires_grad_(true);
+        var (token, sequence) = FusedHeadLogProbs.Compute(hidden, weight, labels, seqIndex, s, chunkRows: chunkRows);
+        ((token * tokenWeight.to(ScalarType.Float32)).sum() + (sequence * sequenceWeight.to(ScalarType.Float32)).sum()).backward();
+
+        TestData.Close(plainToken, token, 1e-4, 1e-5, "token log-probs");
+        TestData.Close(plainSequence, sequence, 3e-4, 1e-5, "sequence sums");
+        TestData.Close(hidden64.grad!, hidden.grad!, 1e-4, 1e-4, "dH");
+        TestData.Close(weight64.grad!, weight.grad!, 1e-4, 1e-4, "dW");
+    }
+
+    [Fact]
+    public void Bfloat16InputsGiveFloat32LogProbsAndBfloat16Gradients()
+    {
+        var gen = new TorchSharp.torch.Generator(3);
+        const int n = 12, h = 16, vocab = 509, s = 2;
+        var hidden = randn([n, h], ScalarType.Float64, generator: gen).to(ScalarType.BFloat16).requires_grad_(true);
+        var weight = (randn([vocab, h], ScalarType.Float64, generator: gen) * 0.5).to(ScalarType.BFloat16).requires_grad_(true);
+        var (labels, seqIndex) = TestData.Rows(gen, n, vocab, s, -100);
+        var hidden64 = hidden.detach().to(ScalarType.Float64).requires_grad_(true);
+        var weight64 = weight.detach().to(ScalarType.Float64).requires_grad_(true);
+        var (plainToken, plainSequence) = TestData.PlainLogProbs(hidden64.mm(weight64.t()), labels, seqIndex, s, -100);
+        plainSequence.sum().backward();
+
+        var (token, sequence) = FusedHeadLogProbs.Compute(hidden, weight, labels, seqIndex, s, chunkRows: 5);
+        sequence.sum().backward();
+        Assert.Equal(ScalarType.Float32, token.dtype);
+        Assert.Equal(ScalarType.BFloat16, hidden.grad!.dtype);
+        Assert.Equal(ScalarType.BFloat16, weight.grad!.dtype);
+        // bf16 logits from a bf16 matmul: relative error of a few 2^-8 on the logits
+        TestData.Close(plainToken, token, 0.15, 0.02, "bf16 token log-probs");
+        TestData.Close(hidden64.grad!, hidden.grad!, 0.05, 0.05, "bf16 dH");
+        TestData.Close(weight64.grad!, weight.grad!, 0.05, 0.05, "bf16 dW");
+    }
+
+    [Fact]
+    public void FrozenWeightGetsNoGradient()
+    {
+        var gen = new TorchSharp.torch.Generator(4);
+        var hidden = randn([6, 8], generator: gen).requires_grad_(true);
+        var weight = randn([50, 8], generator: gen);
+        var (labels, seqIndex) = TestData.Rows(gen, 6, 50, 2, -100);
+        var (_, sequence) = FusedHeadLogProbs.Compute(hidden, weight, labels, seqIndex, 2, chunkRows: 4);
+        sequence.sum().backward();
+        Assert.NotNull(hidden.grad);
+        Assert.Null(weight.grad);
+    }
+
+    [Fact]
+    public void AutoChunkRowsBoundsTheLogitsBlock()
+    {
+        Assert.Equal(6336, FusedHeadLogProbsFunction.SliceColumns(50272));   // 8 slices, the last 5920 wide
+        Assert.Equal(64, FusedHeadLogProbsFunction.SliceColumns(509));
+        Assert.Equal(50, FusedHeadLogProbsFunction.SliceColumns(50));
+        Assert.Equal(640, FusedHeadLogProbs.AutoChunkRows(16384, 50272));
+        Assert.True(640L * 50272 <= FusedHeadLogProbs.AutoBlockElements);
+        Assert.Equal(10, FusedHeadLogProbs.AutoChunkRows(10, 50272));
+        Assert.Contains("weight must be [V, H]",
+            Assert.Throws<ArgumentException>(() => FusedHeadLogProbs.Compute(randn(3, 8), randn(8, 5), zeros(3, ScalarType.Int64), zeros(3, ScalarType.Int64), 1)).Message);
+    }
+}

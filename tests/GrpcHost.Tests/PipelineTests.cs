@@ -1,0 +1,167 @@
+using System.Diagnostics;
+using Grpc.Core;
+using Grpc.Health.V1;
+using WeakTeacher.Grpc.V1;
+using Xunit;
+
+namespace WeakTeacher.GrpcHost.Tests;
+
+/// <summary>A host started with --default-task (tiny): the embedded task's base models and datasets registered.</summary>
+public sealed class DefaultTaskHost : IAsyncLifetime
+{
+    internal HostProcess Host { get; private set; } = null!;
+    internal string TaskDir => Path.Combine(Host.DataDir, "default-task");
+
+    public async ValueTask InitializeAsync()
+    {
+        Host = await HostProcess.StartAsync(extraArgs: ["--default-task", "--DefaultTaskSize", "Tiny"], timeout: TimeSpan.FromMinutes(4));
+    }
+
+    public async ValueTask DisposeAsync() => await Host.DisposeAsync();
+
+    /// <summary>Skips (with the reason) where this build of the host has no engine pipeline stages.</summary>
+    internal async Task RequireStagesAsync()
+    {
+        try
+        {
+            await new JobsService.JobsServiceClient(Host.Channel).TrainAsync(new TrainRequest
+            {
+                BaseModelId = "default-teacher-base", LabelledDatasetId = "default-labelled", Template = "no-such-template",
+            });
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unimplemented)
+        {
+            Assert.Skip($"the host was built without the engine pipeline stages: {e.Status.Detail}");
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.InvalidArgument) { }
+    }
+}
+
+[CollectionDefinition("default-task")]
+public sealed class DefaultTaskCollection : ICollectionFixture<DefaultTaskHost>;
+
+[Collection("default-task")]
+public sealed class PipelineTests(DefaultTaskHost shared)
+{
+    private static TrainRequest TeacherRequest(string baseModel, string labelled, int steps, int saveSteps) => new()
+    {
+        BaseModelId = baseModel,
+        LabelledDatasetId = labelled,
+        Sft = new SftConfig { Args = Args(steps, saveSteps) },
+        Dpo = new DpoConfig { Args = Args(steps, saveSteps) },
+        OutputName = "resumed-teacher",
+    };
+
+    private static TrainingArguments Args(int steps, int saveSteps) =>
+        new() { MaxSteps = steps, PerDeviceTrainBatchSize = 8, MaxLength = 96, MaxPromptLength = 48, SaveSteps = saveSteps, Seed = 11 };
+
+    [Fact]
+    public void The_default_task_is_registered()
+    {
+        var models = new ModelsService.ModelsServiceClient(shared.Host.Channel).ListModels(new ListModelsRequest()).Models;
+        Assert.Contains(models, m => m.Id == "default-teacher-base" && m.ModelType == "opt");
+        Assert.Contains(models, m => m.Id == "default-student-base" && m.ModelType == "opt");
+        var datasets = new DatasetsService.DatasetsServiceClient(shared.Host.Channel).ListDatasets(new ListDatasetsRequest()).Datasets;
+        Assert.Contains(datasets, d => d.Id == "default-labelled" && d.Rows > 0);
+        Assert.Contains(datasets, d => d.Id == "default-unlabelled" && d.Format == DatasetFormat.Unlabelled);
+        Assert.Contains(datasets, d => d.Id == "default-eval-prompts" && d.Format == DatasetFormat.Prompts);
+    }
+
+    [Fact]
+    public async Task Node_client_drives_train_label_align_evaluate()
+    {
+        await shared.RequireStagesAsync();
+        var nodeDir = Path.Combine(HostProcess.RepoRoot, "examples", "node");
+        if (!Directory.Exists(Path.Combine(nodeDir, "node_modules", "@grpc", "grpc-js")) || !Directory.Exists(Path.Combine(nodeDir, "node_modules", "@grpc", "proto-loader")))
+            Assert.Skip($"examples/node/node_modules is missing: run `npm install` in {nodeDir} (./build.sh test does)");
+        var info = new ProcessStartInfo("node") { WorkingDirectory = nodeDir, RedirectStandardOutput = true, RedirectStandardError = true };
+        info.ArgumentList.Add("e2e.js");
+        info.ArgumentList.Add($"127.0.0.1:{shared.Host.Port}");
+        info.ArgumentList.Add(Path.Combine(shared.TaskDir, "data", "labelled.jsonl"));
+        Process node;
+        try { node = Process.Start(info)!; }
+        catch (System.ComponentModel.Win32Exception) { Assert.Skip("node is not installed (the Node.js end-to-end test needs it)"); return; }
+        using (node)
+        {
+            var stdout = node.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+            var stderr = node.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+            if (!node.WaitForExit(TimeSpan.FromMinutes(4))) { node.Kill(); Assert.Fail($"e2e.js timed out:\n{await stderr}"); }
+            var output = await stdout;
+            Assert.True(node.ExitCode == 0, $"e2e.js failed ({node.ExitCode}):\n{await stderr}\n{output}\nhost log:\n{Tail(shared.Host.Log)}");
+            Assert.Contains("\"student_files\"", output);
+        }
+    }
+
+    [Fact]
+    public async Task A_job_killed_mid_training_resumes_after_restart_with_the_same_weights()
+    {
+        await shared.RequireStagesAsync();
+        const int steps = 24, saveSteps = 4;
+        // The interrupted run: its own host and data folder, importing the same base model and data.
+        var importDir = shared.TaskDir;
+        var dataDir = HostProcess.NewDataDir();
+        string jobId;
+        await using (var first = await HostProcess.StartAsync(dataDir, ["--ImportDir", importDir]))
+        {
+            var baseModel = await new ModelsService.ModelsServiceClient(first.Channel).ImportModelAsync(new ImportModelRequest { Path = "teacher-base" });
+            var data = await new DatasetsService.DatasetsServiceClient(first.Channel).ImportDatasetAsync(new ImportDatasetRequest { Path = "data/labelled.jsonl" });
+            var jobs = new JobsService.JobsServiceClient(first.Channel);
+            jobId = (await jobs.TrainAsync(TeacherRequest(baseModel.Id, data.Id, steps, saveSteps))).JobId;
+            using var watch = jobs.WatchJob(new WatchJobRequest { JobId = jobId }, deadline: DateTime.UtcNow.AddMinutes(3));
+            await foreach (var e in watch.ResponseStream.ReadAllAsync(TestContext.Current.CancellationToken))
+            {
+                Assert.False(e.StateChange?.State is JobState.Succeeded or JobState.Failed, $"the job ended before it could be killed: {e}");
+                // Past a checkpoint of the DPO stage: kill -9 in the middle of training.
+                if (e.Progress is { } p && p.Stage.Contains("dpo") && p.Step >= saveSteps + 2) break;
+            }
+            // Nothing of the unfinished job is visible yet.
+            Assert.DoesNotContain((await new ModelsService.ModelsServiceClient(first.Channel).ListModelsAsync(new ListModelsRequest())).Models,
+                m => m.Source == $"job:{jobId}");
+            first.Kill();
+        }
+        Job resumed;
+        await using (var second = await HostProcess.StartAsync(dataDir, ["--ImportDir", importDir]))
+        {
+            var jobs = new JobsService.JobsServiceClient(second.Channel);
+            resumed = await WaitForEnd(jobs, jobId);
+            Assert.True(resumed.State == JobState.Succeeded, $"resumed job: {resumed.State} {resumed.Error}\n{Tail(second.Log)}");
+            Assert.True(resumed.Attempts >= 2, $"attempts {resumed.Attempts}");
+            var policy = resumed.Artifacts.Single(a => a.Name == "policy").Id;
+            var resumedFiles = await Client.DownloadModel(second.Channel, policy);
+            Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(dataDir, "tmp")));
+
+            // The uninterrupted run of the same request on the shared host (same base model bytes, same data).
+            var sharedJobs = new JobsService.JobsServiceClient(shared.Host.Channel);
+            var reference = await WaitForEnd(sharedJobs, (await sharedJobs.TrainAsync(TeacherRequest("default-teacher-base", "default-labelled", steps, saveSteps))).JobId);
+            Assert.Equal(JobState.Succeeded, reference.State);
+            var referenceFiles = await Client.DownloadModel(shared.Host.Channel, reference.Artifacts.Single(a => a.Name == "policy").Id);
+            var weights = referenceFiles.Keys.Where(k => k.EndsWith(".safetensors")).ToList();
+            Assert.NotEmpty(weights);
+            foreach (var file in weights)
+                Assert.True(referenceFiles[file].AsSpan().SequenceEqual(resumedFiles[file]), $"{file} differs between the resumed and the uninterrupted run");
+        }
+    }
+
+    private static async Task<Job> WaitForEnd(JobsService.JobsServiceClient jobs, string jobId)
+    {
+        using var watch = jobs.WatchJob(new WatchJobRequest { JobId = jobId }, deadline: DateTime.UtcNow.AddMinutes(4));
+        await foreach (var _ in watch.ResponseStream.ReadAllAsync()) { }
+        return await jobs.GetJobAsync(new GetJobRequest { JobId = jobId });
+    }
+
+    [Fact]
+    public async Task Cancelling_a_job_ends_it_cancelled_and_the_host_stays_healthy()
+    {
+        await shared.RequireStagesAsync();
+        var jobs = new JobsService.JobsServiceClient(shared.Host.Channel);
+        var started = await jobs.TrainAsync(TeacherRequest("default-teacher-base", "default-labelled", 400, 0));
+        var cancelled = await jobs.CancelJobAsync(new CancelJobRequest { JobId = started.JobId });
+        var end = await WaitForEnd(jobs, started.JobId);
+        Assert.Equal(JobState.Cancelled, end.State);
+        Assert.Equal("CANCELLED", end.ErrorCode);
+        Assert.NotEqual(JobState.Succeeded, cancelled.State);
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await shared.Host.HealthAsync());
+    }
+
+    private static string Tail(string log) => log.Length > 6000 ? log[^6000..] : log;
+}
