@@ -315,7 +315,8 @@ namespace WeakTeacher.Benchmarks
             md.AppendLine($"- date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
             md.AppendLine($"- ceilings measured in this run: copy {Num(copyGBs)} GB/s (read + written), matmul {Num(tflops)} TFLOP/s ({Name(mmType)} {mm}^3)");
             if (gpu) md.AppendLine($"- CUDA driver {CudaRuntime.Device(0).Driver.DriverVersion()}, {CudaRuntime.Device(0).Architecture}; timings by CUDA events on stream 0, mean of {iters} iterations after {warm} warm-up");
-            else md.AppendLine($"- CPU reference paths (no GPU): {get_num_threads()} torch threads; stopwatch, mean of {iters} iterations");
+            else md.AppendLine($"- CPU reference paths (no GPU): {get_num_threads()} torch threads; stopwatch, mean of {iters} iterations. " +
+                               "A smoke test of the harness only: the goals (copy-bandwidth share, speed-ups, memory) apply to the CUDA run");
             md.AppendLine($"- command: `dotnet KernelBench.dll {string.Join(' ', Environment.GetCommandLineArgs().Skip(1))}`");
             md.AppendLine();
             md.AppendLine(table);

@@ -28,6 +28,11 @@ catch (DeviceUnavailableException e)
     Console.Error.WriteLine(e.Message);
     return 3;
 }
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine($"ModelBench: {e.Message}");
+    return 2;
+}
 Seeds.Set(20261127);
 bool gpu = device.type == DeviceType.CUDA;
 

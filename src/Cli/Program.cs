@@ -71,6 +71,6 @@ prepare.SetAction((parse, ct) => Task.Run(() =>
 }, ct));
 root.Subcommands.Add(prepare);
 
-// REMOTE
+RemoteCommands.Add(root);
 
 return await ErrorReporting.InvokeAsync(root, args);

@@ -1,5 +1,6 @@
 using Grpc.AspNetCore.HealthChecks;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using OpenTelemetry.Metrics;
 using WeakTeacher.GrpcHost;
 using WeakTeacher.GrpcHost.Jobs;
@@ -22,12 +23,20 @@ builder.Configuration.AddCommandLine(args);
 
 var options = new ServiceOptions();
 builder.Configuration.Bind(options);
-if (options.Devices.Length == 0) throw new InvalidOperationException("Devices: name at least one device (cpu, cuda, cuda:1)");
+if (options.Devices.Length == 0) options.Devices = ["cpu"];
 var listenUrls = ListenUrls(builder.Configuration);
-bool keysRequired = ApiKeys.ResolveRequired(options.Auth.Require, listenUrls);
+var metricsUrl = string.IsNullOrWhiteSpace(options.MetricsUrl) ? null : new Uri(options.MetricsUrl);
+bool keysRequired = ApiKeys.ResolveRequired(options.Auth.Require, metricsUrl is null ? listenUrls : [.. listenUrls, options.MetricsUrl!]);
+if (metricsUrl is not null && builder.Configuration.GetSection("Kestrel:Endpoints").GetChildren().Any())
+    throw new InvalidOperationException("MetricsUrl: with Kestrel:Endpoints configured, add the metrics endpoint there (Protocols: Http1)");
+if (metricsUrl is not null) builder.WebHost.UseUrls([.. listenUrls, options.MetricsUrl!]);
 
 builder.WebHost.ConfigureKestrel(kestrel =>
 {
+    // gRPC needs HTTP/2; over cleartext Kestrel cannot negotiate it next to HTTP/1.1, so endpoints are HTTP/2 only,
+    // except the optional metrics endpoint (Prometheus scrapes over HTTP/1.1).
+    kestrel.ConfigureEndpointDefaults(endpoint => endpoint.Protocols =
+        metricsUrl is not null && endpoint.IPEndPoint?.Port == metricsUrl.Port ? HttpProtocols.Http1 : HttpProtocols.Http2);
     kestrel.Limits.Http2.MaxStreamsPerConnection = options.Limits.MaxStreamsPerConnection;
     kestrel.Limits.MaxRequestBodySize = null; // uploads are streams of bounded messages
 });

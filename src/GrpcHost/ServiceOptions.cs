@@ -10,8 +10,14 @@ public sealed class ServiceOptions
     public string DataDir { get; set; } = "data";
     /// <summary>The only server folder ImportDataset/ImportModel read from (null = imports disabled).</summary>
     public string? ImportDir { get; set; }
-    /// <summary>The devices jobs run on, one worker each ("cpu", "cuda", "cuda:1").</summary>
-    public string[] Devices { get; set; } = ["cpu"];
+    /// <summary>The devices jobs run on, one worker each ("cpu", "cuda", "cuda:1"); none listed = cpu.</summary>
+    public string[] Devices { get; set; } = [];
+    /// <summary>
+    /// An extra plain HTTP/1.1 listen URL for the Prometheus scrape endpoint (/metrics), e.g. http://127.0.0.1:9464.
+    /// gRPC endpoints speak HTTP/2 only (cleartext h2c cannot share a port with HTTP/1.1), so without this /metrics is
+    /// only reachable over HTTP/2 on the gRPC port.
+    /// </summary>
+    public string? MetricsUrl { get; set; }
     /// <summary>Prepare the embedded default task (base models + datasets) into the data folder at start-up.</summary>
     public bool DefaultTask { get; set; }
     public LimitOptions Limits { get; set; } = new();

@@ -123,7 +123,8 @@ public sealed class PipelineTests(DefaultTaskHost shared)
         await using (var second = await HostProcess.StartAsync(dataDir, ["--ImportDir", importDir]))
         {
             var jobs = new JobsService.JobsServiceClient(second.Channel);
-            resumed = await WaitForEnd(jobs, jobId);
+            try { resumed = await WaitForEnd(jobs, jobId, TimeSpan.FromMinutes(2)); }
+            catch (RpcException e) { throw new Xunit.Sdk.XunitException($"waiting for the resumed job: {e.Status}\n{Tail(second.Log)}"); }
             Assert.True(resumed.State == JobState.Succeeded, $"resumed job: {resumed.State} {resumed.Error}\n{Tail(second.Log)}");
             Assert.True(resumed.Attempts >= 2, $"attempts {resumed.Attempts}");
             var policy = resumed.Artifacts.Single(a => a.Name == "policy").Id;
@@ -142,9 +143,9 @@ public sealed class PipelineTests(DefaultTaskHost shared)
         }
     }
 
-    private static async Task<Job> WaitForEnd(JobsService.JobsServiceClient jobs, string jobId)
+    private static async Task<Job> WaitForEnd(JobsService.JobsServiceClient jobs, string jobId, TimeSpan? timeout = null)
     {
-        using var watch = jobs.WatchJob(new WatchJobRequest { JobId = jobId }, deadline: DateTime.UtcNow.AddMinutes(4));
+        using var watch = jobs.WatchJob(new WatchJobRequest { JobId = jobId }, deadline: DateTime.UtcNow + (timeout ?? TimeSpan.FromMinutes(3)));
         await foreach (var _ in watch.ResponseStream.ReadAllAsync()) { }
         return await jobs.GetJobAsync(new GetJobRequest { JobId = jobId });
     }

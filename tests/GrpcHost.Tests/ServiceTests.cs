@@ -12,6 +12,7 @@ public sealed class SharedHost : IAsyncLifetime
 {
     internal HostProcess Host { get; private set; } = null!;
     public string ImportDir { get; } = HostProcess.NewDataDir();
+    public int MetricsPort { get; private set; }
 
     public async ValueTask InitializeAsync()
     {
@@ -20,7 +21,9 @@ public sealed class SharedHost : IAsyncLifetime
         File.WriteAllBytes(Path.Combine(ImportDir, "tiny-model", "config.json"), Client.OptConfig);
         File.WriteAllText(Path.Combine(ImportDir, "..", Path.GetFileName(ImportDir) + "-secret.jsonl"), Client.ExplicitRows);
         File.CreateSymbolicLink(Path.Combine(ImportDir, "link.jsonl"), "/etc/passwd");
-        Host = await HostProcess.StartAsync(extraArgs: ["--ImportDir", ImportDir, "--Limits:MaxMessageBytes", "1048576"]);
+        MetricsPort = HostProcess.FreePort();
+        Host = await HostProcess.StartAsync(extraArgs: ["--ImportDir", ImportDir, "--Limits:MaxMessageBytes", "1048576",
+            "--MetricsUrl", $"http://127.0.0.1:{MetricsPort}"]);
     }
 
     public async ValueTask DisposeAsync() => await Host.DisposeAsync();
@@ -54,7 +57,8 @@ public sealed class ServiceTests(SharedHost shared) : IClassFixture<SharedHost>
         using var http = new HttpClient();
         // Touch the service so the host's instruments have observations.
         await Datasets.ListDatasetsAsync(new ListDatasetsRequest(), cancellationToken: TestContext.Current.CancellationToken);
-        var text = await http.GetStringAsync($"{Host.Address}/metrics", TestContext.Current.CancellationToken);
+        // Prometheus scrapes over HTTP/1.1 on the metrics endpoint (gRPC endpoints are HTTP/2 only).
+        var text = await http.GetStringAsync($"http://127.0.0.1:{shared.MetricsPort}/metrics", TestContext.Current.CancellationToken);
         Assert.Contains("wt_jobs_queue_length", text);
         Assert.Contains("wt_jobs_running", text);
     }

@@ -31,10 +31,12 @@ internal static unsafe class CudaOps
     /// <summary>Elements per 16-byte vector load for the logits dtype.</summary>
     private static int VectorWidth(ScalarType dtype) => dtype == ScalarType.Float32 ? 4 : 8;
 
-    private static string Suffix(ScalarType dtype) => dtype switch
+    private static string KernelName(ScalarType dtype, bool forward) => (dtype, forward) switch
     {
-        ScalarType.Float32 => "f32",
-        ScalarType.BFloat16 => "bf16",
+        (ScalarType.Float32, true) => "logprob_forward_f32",
+        (ScalarType.BFloat16, true) => "logprob_forward_bf16",
+        (ScalarType.Float32, false) => "logprob_backward_f32",
+        (ScalarType.BFloat16, false) => "logprob_backward_bf16",
         _ => throw new ArgumentException($"The CUDA log-prob kernels take float32 or bfloat16 logits, got {dtype}."),
     };
 
@@ -67,7 +69,7 @@ internal static unsafe class CudaOps
         void** args = stackalloc void*[9];
         args[0] = &pLogits; args[1] = &pLabels; args[2] = &pSeqIndex; args[3] = &vocab; args[4] = &ignore;
         args[5] = &vectorized; args[6] = &pToken; args[7] = &pLse; args[8] = &pSeq;
-        Launch(device, LogProbFile, "logprob_forward_" + Suffix(logits.dtype), checked((uint)n), threads, args);
+        Launch(device, LogProbFile, KernelName(logits.dtype, forward: true), checked((uint)n), threads, args);
     }
 
     /// <summary>dlogits (same dtype and shape as logits; may be the logits tensor itself) is fully written. logits may
@@ -89,7 +91,7 @@ internal static unsafe class CudaOps
         void** args = stackalloc void*[11];
         args[0] = &pLogits; args[1] = &pLabels; args[2] = &pSeqIndex; args[3] = &pLse; args[4] = &pGradToken;
         args[5] = &pGradSeq; args[6] = &vocab; args[7] = &offset; args[8] = &ignore; args[9] = &vectorized; args[10] = &pOut;
-        Launch(device, LogProbFile, "logprob_backward_" + Suffix(logits.dtype), checked((uint)n), threads, args);
+        Launch(device, LogProbFile, KernelName(logits.dtype, forward: false), checked((uint)n), threads, args);
     }
 
     /// <summary>One launch: the four [B] metrics, grads [4, B] (d loss / d pi_c, pi_r, ref_c, ref_r) and the scalar

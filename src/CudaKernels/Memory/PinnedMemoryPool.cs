@@ -154,6 +154,7 @@ public sealed unsafe class PinnedMemoryPool : IDisposable
 
     private static void FreeBlock(PinnedBlock block)
     {
+        if (block.Managed is null) CudaRuntime.Device(0);   // a current context for the driver calls below
         block.WaitForTransfer();
         block.DestroyEvent();
         if (block.Managed is null && block.Pointer != IntPtr.Zero)

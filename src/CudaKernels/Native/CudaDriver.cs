@@ -188,8 +188,11 @@ internal sealed unsafe class CudaDriver
     internal void FuncSetAttribute(IntPtr f, int attribute, int value) => Check(_cuFuncSetAttribute(f, attribute, value), "cuFuncSetAttribute");
 
     internal void LaunchKernel(IntPtr f, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
-        uint sharedBytes, IntPtr stream, void** args, string name) =>
-        Check(_cuLaunchKernel(f, gridX, gridY, gridZ, blockX, blockY, blockZ, sharedBytes, stream, args, null), $"cuLaunchKernel({name})");
+        uint sharedBytes, IntPtr stream, void** args, string name)
+    {
+        int rc = _cuLaunchKernel(f, gridX, gridY, gridZ, blockX, blockY, blockZ, sharedBytes, stream, args, null);
+        if (rc != CUDA_SUCCESS) Check(rc, $"cuLaunchKernel({name})");   // the message is built only on failure
+    }
 
     internal void* MemHostAlloc(nuint bytes, uint flags) { void* p; Check(_cuMemHostAlloc(&p, bytes, flags), $"cuMemHostAlloc({bytes} bytes)"); return p; }
     internal void MemFreeHost(void* p) => Check(_cuMemFreeHost(p), "cuMemFreeHost");

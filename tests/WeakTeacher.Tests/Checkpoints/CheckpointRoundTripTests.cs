@@ -2,6 +2,7 @@ using System.Text.Json.Nodes;
 using WeakTeacher.Engine.Checkpoints;
 using WeakTeacher.Engine.Models;
 using WeakTeacher.Tests.Models;
+using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -62,13 +63,13 @@ public class CheckpointRoundTripTests
         Assert.Equal(dtype, half.DType);
         var reference = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
         foreach (var (n, p) in half.named_parameters())
-            Assert.True(p.equal(reference[n].to(dtype)), $"{n} is not the {dtype} cast of the fp32 weight");
+            Assert.True(p.Same(reference[n].to(dtype)), $"{n} is not the {dtype} cast of the fp32 weight");
 
         // cast on load: back to fp32 (exactly the widened half values)
         using var widened = PretrainedModel.Load(temp.Path, new ModelLoadOptions { DType = ScalarType.Float32 });
         Assert.Equal(ScalarType.Float32, widened.DType);
         foreach (var (n, p) in widened.named_parameters())
-            Assert.True(p.equal(reference[n].to(dtype).to(ScalarType.Float32)), n);
+            Assert.True(p.Same(reference[n].to(dtype).to(ScalarType.Float32)), n);
 
         // a half-precision forward stays close to the fp32 one
         var expected = Fixtures.Expected("llama");
@@ -87,7 +88,7 @@ public class CheckpointRoundTripTests
         Assert.Equal(DeviceType.CPU, model.Device.type);
         using var fp32 = PretrainedModel.Load(Fixtures.Dir("opt"));
         var reference = fp32.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        foreach (var (n, p) in model.named_parameters()) Assert.True(p.equal(reference[n].to(ScalarType.BFloat16)), n);
+        foreach (var (n, p) in model.named_parameters()) Assert.True(p.Same(reference[n].to(ScalarType.BFloat16)), n);
     }
 
     [Fact]
@@ -148,7 +149,7 @@ public class CheckpointRoundTripTests
         tensors["lm_head.weight"] = tensors["model.decoder.embed_tokens.weight"] * 0; // would break the head if used
         SafeTensors.Save(tensors, Path.Combine(temp.Path, "model.safetensors"));
         using var model = PretrainedModel.Load(temp.Path);
-        Assert.True(model.OutputWeight.equal(tensors["model.decoder.embed_tokens.weight"]));
+        Assert.True(model.OutputWeight.Same(tensors["model.decoder.embed_tokens.weight"]));
     }
 
     [Fact]
@@ -186,8 +187,8 @@ public class CheckpointRoundTripTests
         SafeTensors.Save(tensors, Path.Combine(temp.Path, "model.safetensors"));
         using var model = PretrainedModel.Load(temp.Path, new ModelLoadOptions { Strict = false });
         var norm = model.named_parameters().Single(p => p.name == "model.norm.weight").parameter;
-        Assert.True(norm.equal(ones(64)));
-        Assert.True(model.named_parameters().Single(p => p.name == "lm_head.weight").parameter.equal(tensors["lm_head.weight"]));
+        Assert.True(norm.Same(ones(64)));
+        Assert.True(model.named_parameters().Single(p => p.name == "lm_head.weight").parameter.Same(tensors["lm_head.weight"]));
     }
 
     internal static void AssertSameParameters(CausalLM expected, CausalLM actual)

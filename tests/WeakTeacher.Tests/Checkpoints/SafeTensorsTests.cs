@@ -35,7 +35,7 @@ public class SafeTensorsTests
         {
             Assert.Equal(t.dtype, loaded[name].dtype);
             Assert.Equal(t.shape, loaded[name].shape);
-            Assert.True(t.equal(loaded[name]), name);
+            Assert.True(t.Same(loaded[name]), name);
         }
         // the data section starts 8-byte aligned, as the reference writer makes it
         using var file = File.OpenRead(path);
@@ -54,7 +54,7 @@ public class SafeTensorsTests
         var seq = file.Read("seq_logps");
         var into = empty(seq.shape, ScalarType.Float32);
         file.ReadInto("seq_logps", into);
-        Assert.True(into.equal(seq.to(ScalarType.Float32)));
+        Assert.True(into.Same(seq.to(ScalarType.Float32)));
         Assert.Throws<CheckpointException>(() => file.Read("nope"));
     }
 }

@@ -1,4 +1,5 @@
 using WeakTeacher.Engine.Checkpoints;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace WeakTeacher.Tests.Models;
@@ -29,4 +30,11 @@ internal static class Fixtures
             return Path;
         }
     }
+}
+
+internal static class TensorAssertions
+{
+    /// <summary>Same shape, dtype and values (NaN-free tensors).</summary>
+    public static bool Same(this Tensor a, Tensor b)
+        => a.shape.SequenceEqual(b.shape) && a.dtype == b.dtype && (a.numel() == 0 || a.eq(b).all().item<bool>());
 }

@@ -182,13 +182,20 @@ public class ModelConfigTests
 
     private static double? Numeric(JsonNode? n) => n is JsonValue v && v.TryGetValue(out double d) ? d : null;
 
-    /// <summary>Record equality with the eos list compared by value.</summary>
+    /// <summary>Equivalent configs: record equality with the eos list by value and defaulted sizes resolved.</summary>
     internal sealed class ConfigComparer : IEqualityComparer<ModelConfig>
     {
         public static readonly ConfigComparer Instance = new();
         public bool Equals(ModelConfig? a, ModelConfig? b)
-            => a is not null && b is not null && a.EosTokenIds.SequenceEqual(b.EosTokenIds)
-               && a with { EosTokenIds = Array.Empty<int>(), Source = null } == b with { EosTokenIds = Array.Empty<int>(), Source = null };
+            => a is not null && b is not null && a.EosTokenIds.SequenceEqual(b.EosTokenIds) && Normal(a) == Normal(b);
+        private static ModelConfig Normal(ModelConfig c) => c with
+        {
+            EosTokenIds = Array.Empty<int>(),
+            Source = null,
+            HeadDim = c.ResolvedHeadDim,
+            NumKeyValueHeads = c.ResolvedNumKeyValueHeads,
+            WordEmbedProjDim = c.ResolvedWordEmbedProjDim,
+        };
         public int GetHashCode(ModelConfig c) => c.HiddenSize;
     }
 }
