@@ -26,7 +26,7 @@ case "$cmd" in
     dotnet test --solution WeakTeacher.Native.sln -c $config --no-build "$@" ;;
   demo)
     dotnet build src/Cli/Cli.csproj -c $config -nologo -v quiet
-    dotnet src/Cli/bin/$config/net10.0/wt.dll demo --out runs/demo "$@" ;;
+    dotnet src/Cli/bin/$config/net10.0/wt.dll demo "$@" ;;
   bench)
     dotnet build benchmarks/ModelBench/ModelBench.csproj -c $config -nologo -v quiet
     dotnet build benchmarks/KernelBench/KernelBench.csproj -c $config -nologo -v quiet
@@ -34,7 +34,7 @@ case "$cmd" in
     dotnet benchmarks/KernelBench/bin/$config/net10.0/KernelBench.dll "$@" ;;
   serve)
     dotnet build src/GrpcHost/GrpcHost.csproj -c $config -nologo -v quiet
-    dotnet src/GrpcHost/bin/$config/net10.0/WeakTeacher.GrpcHost.dll --urls http://127.0.0.1:50051 "$@" ;;
+    dotnet src/GrpcHost/bin/$config/net10.0/WeakTeacher.GrpcHost.dll --urls http://127.0.0.1:50051 --default-task "$@" ;;
   *)
     echo "usage: ./build.sh test|demo|bench|serve|build" >&2; exit 2 ;;
 esac

@@ -93,6 +93,36 @@ public sealed class PipelineTests(DefaultTaskHost shared)
     }
 
     [Fact]
+    public async Task Python_client_example_runs_where_grpcio_is_installed()
+    {
+        await shared.RequireStagesAsync();
+        var probe = Run("python3", ["-c", "import grpc, grpc_tools"], HostProcess.RepoRoot, TimeSpan.FromSeconds(30));
+        if (probe is null || probe.Value.Code != 0)
+            Assert.Skip("python3 with grpcio and grpcio-tools is not installed here (pip install grpcio grpcio-tools runs examples/python/client.py)");
+        var result = Run("python3", ["client.py", $"127.0.0.1:{shared.Host.Port}"], Path.Combine(HostProcess.RepoRoot, "examples", "python"), TimeSpan.FromMinutes(3));
+        Assert.NotNull(result);
+        Assert.True(result.Value.Code == 0, $"client.py failed:\n{result.Value.Output}");
+        Assert.Contains("teacher model", result.Value.Output);
+        Assert.Contains("margin=", result.Value.Output);
+    }
+
+    private static (int Code, string Output)? Run(string file, string[] args, string dir, TimeSpan timeout)
+    {
+        var info = new ProcessStartInfo(file) { WorkingDirectory = dir, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in args) info.ArgumentList.Add(a);
+        Process process;
+        try { process = Process.Start(info)!; }
+        catch (System.ComponentModel.Win32Exception) { return null; }
+        using (process)
+        {
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            var stderr = process.StandardError.ReadToEndAsync();
+            if (!process.WaitForExit(timeout)) { process.Kill(); return (-1, "timed out"); }
+            return (process.ExitCode, stdout.Result + stderr.Result);
+        }
+    }
+
+    [Fact]
     public async Task A_job_killed_mid_training_resumes_after_restart_with_the_same_weights()
     {
         await shared.RequireStagesAsync();
@@ -123,7 +153,7 @@ public sealed class PipelineTests(DefaultTaskHost shared)
         await using (var second = await HostProcess.StartAsync(dataDir, ["--ImportDir", importDir]))
         {
             var jobs = new JobsService.JobsServiceClient(second.Channel);
-            try { resumed = await WaitForEnd(jobs, jobId, TimeSpan.FromMinutes(2)); }
+            try { resumed = await WaitForEnd(jobs, jobId, TimeSpan.FromMinutes(3)); }
             catch (RpcException e) { throw new Xunit.Sdk.XunitException($"waiting for the resumed job: {e.Status}\n{Tail(second.Log)}"); }
             Assert.True(resumed.State == JobState.Succeeded, $"resumed job: {resumed.State} {resumed.Error}\n{Tail(second.Log)}");
             Assert.True(resumed.Attempts >= 2, $"attempts {resumed.Attempts}");
@@ -151,17 +181,79 @@ public sealed class PipelineTests(DefaultTaskHost shared)
     }
 
     [Fact]
-    public async Task Cancelling_a_job_ends_it_cancelled_and_the_host_stays_healthy()
+    public async Task Cancelling_queued_and_running_jobs_ends_them_cancelled_and_the_host_stays_healthy()
     {
         await shared.RequireStagesAsync();
         var jobs = new JobsService.JobsServiceClient(shared.Host.Channel);
-        var started = await jobs.TrainAsync(TeacherRequest("default-teacher-base", "default-labelled", 400, 0));
-        var cancelled = await jobs.CancelJobAsync(new CancelJobRequest { JobId = started.JobId });
-        var end = await WaitForEnd(jobs, started.JobId);
+        var running = await jobs.TrainAsync(TeacherRequest("default-teacher-base", "default-labelled", 2000, 0));
+        var queued = await jobs.TrainAsync(TeacherRequest("default-teacher-base", "default-labelled", 2000, 0));
+        Assert.Equal(JobState.Cancelled, (await jobs.CancelJobAsync(new CancelJobRequest { JobId = queued.JobId })).State);
+        using (var watch = jobs.WatchJob(new WatchJobRequest { JobId = running.JobId }, deadline: DateTime.UtcNow.AddMinutes(2)))
+            await foreach (var e in watch.ResponseStream.ReadAllAsync(TestContext.Current.CancellationToken))
+                if (e.Progress is not null) break; // it is training now
+        await jobs.CancelJobAsync(new CancelJobRequest { JobId = running.JobId });
+        var end = await WaitForEnd(jobs, running.JobId, TimeSpan.FromMinutes(2));
         Assert.Equal(JobState.Cancelled, end.State);
         Assert.Equal("CANCELLED", end.ErrorCode);
-        Assert.NotEqual(JobState.Succeeded, cancelled.State);
+        Assert.Equal(JobState.Cancelled, (await jobs.GetJobAsync(new GetJobRequest { JobId = queued.JobId })).State);
         Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await shared.Host.HealthAsync());
+    }
+
+    [Fact]
+    public async Task Label_streams_from_many_clients_are_batched_and_answered_per_pair()
+    {
+        await shared.RequireStagesAsync();
+        var jobs = new JobsService.JobsServiceClient(shared.Host.Channel);
+        var train = await WaitForEnd(jobs, (await jobs.TrainAsync(TeacherRequest("default-teacher-base", "default-labelled", 2, 0))).JobId);
+        Assert.Equal(JobState.Succeeded, train.State);
+        var teacher = train.Artifacts.Single(a => a.Name == "teacher").Id;
+        var labeling = new LabelingService.LabelingServiceClient(shared.Host.Channel);
+        string[] prompts = ["Say hello.", "What is 3+4?", "Name a fruit.", "Thank the user.", "Count to three."];
+
+        async Task<Dictionary<string, LabelPairResponse>> Stream(int client)
+        {
+            using var call = labeling.LabelStream(deadline: DateTime.UtcNow.AddMinutes(2));
+            for (int i = 0; i < prompts.Length; i++)
+                await call.RequestStream.WriteAsync(new LabelPairRequest
+                {
+                    Id = $"c{client}-{i}", TeacherModelId = i == 0 ? teacher : "", Prompt = prompts[i],
+                    ResponseA = $"A careful answer {i}.", ResponseB = $"no {i}",
+                });
+            await call.RequestStream.CompleteAsync();
+            var results = new Dictionary<string, LabelPairResponse>();
+            await foreach (var r in call.ResponseStream.ReadAllAsync()) results.Add(r.Id, r);
+            return results;
+        }
+
+        var all = await Task.WhenAll(Enumerable.Range(0, 6).Select(Stream));
+        for (int client = 0; client < all.Length; client++)
+        {
+            Assert.Equal(prompts.Length, all[client].Count);
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                var r = all[client][$"c{client}-{i}"];
+                Assert.Equal(r.RewardA - r.RewardB, r.Margin, 6);
+                Assert.Equal(r.RewardA >= r.RewardB ? Preference.A : Preference.B, r.Preferred);
+                // The same pair gets the same rewards whichever batch it landed in.
+                Assert.Equal(all[0][$"c0-{i}"].RewardA, r.RewardA, 4);
+                Assert.Equal(all[0][$"c0-{i}"].RewardB, r.RewardB, 4);
+            }
+        }
+        // A stream that names an unknown teacher, or sends an empty response, is refused by field.
+        await Client.Fails(StatusCode.NotFound, async () =>
+        {
+            using var call = labeling.LabelStream();
+            await call.RequestStream.WriteAsync(new LabelPairRequest { Id = "x", TeacherModelId = "mdl-nope", Prompt = "p", ResponseA = "a", ResponseB = "b" });
+            await call.RequestStream.CompleteAsync();
+            await foreach (var _ in call.ResponseStream.ReadAllAsync()) { }
+        }, "teacher_model_id");
+        await Client.Fails(StatusCode.InvalidArgument, async () =>
+        {
+            using var call = labeling.LabelStream();
+            await call.RequestStream.WriteAsync(new LabelPairRequest { Id = "x", TeacherModelId = teacher, Prompt = "p", ResponseA = "a", ResponseB = " " });
+            await call.RequestStream.CompleteAsync();
+            await foreach (var _ in call.ResponseStream.ReadAllAsync()) { }
+        }, "response_b");
     }
 
     private static string Tail(string log) => log.Length > 6000 ? log[^6000..] : log;

@@ -54,8 +54,11 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
         return shape;
     }
 
-    /// <summary>Adds a LoRA adapter (A ~ kaiming-uniform, B = 0, as PEFT initialises it) and freezes W and b.</summary>
-    public void AttachLora(int rank, double alpha, double dropout)
+    /// <summary>
+    /// Adds a LoRA adapter (A ~ kaiming-uniform, B = 0, as PEFT initialises it) and freezes W and b. A is drawn from
+    /// <paramref name="generator"/> when given, so that two runs of the same training job start from the same adapter.
+    /// </summary>
+    public void AttachLora(int rank, double alpha, double dropout, Generator? generator = null)
     {
         if (rank <= 0) throw new ArgumentOutOfRangeException(nameof(rank), rank, "LoRA rank must be positive");
         if (HasLora) throw new InvalidOperationException("This projection already has a LoRA adapter.");
@@ -65,7 +68,9 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
         lora_B = nn.Linear(rank, OutFeatures, hasBias: false, device: device, dtype: dtype);
         using (no_grad())
         {
-            nn.init.kaiming_uniform_(lora_A.weight!, Math.Sqrt(5));
+            // kaiming_uniform_(a = sqrt(5)) is U(-1/sqrt(in), 1/sqrt(in)); drawn here so the generator can be chosen
+            double bound = 1.0 / Math.Sqrt(InFeatures);
+            lora_A.weight!.copy_((rand(lora_A.weight!.shape, ScalarType.Float32, generator: generator) * (2 * bound) - bound).to(dtype, device));
             lora_B.weight!.zero_();
         }
         _loraDropout = nn.Dropout(dropout);

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using WeakTeacher.Engine.Checkpoints;
+using WeakTeacher.Engine.Data;
 using WeakTeacher.Engine.Models;
 using WeakTeacher.Engine.Synthetic;
 using WeakTeacher.Engine.Tokenization;
@@ -42,7 +43,7 @@ public static class DefaultTask
     {
         var assets = AssetsIn(dir);
         string marker = Path.Combine(dir, DoneMarker);
-        string wanted = JsonSerializer.Serialize(new { size = size.ToString(), seed, version = 1 });
+        string wanted = JsonSerializer.Serialize(new { size = size.ToString(), seed, version = 2 });
         if (File.Exists(marker) && File.ReadAllText(marker) == wanted) return assets;
 
         Directory.CreateDirectory(dir);
@@ -63,9 +64,10 @@ public static class DefaultTask
         // The paper's teacher and student are both OPT models; the student is the larger one.
         var teacherConfig = OptConfig(tokenizer, hidden: tiny ? 32 : 64, layers: 2, heads: 4);
         var studentConfig = OptConfig(tokenizer, hidden: tiny ? 48 : 128, layers: tiny ? 2 : 4, heads: 4);
+        var documents = SplitDocuments(task.PretrainCorpus);
         var pretrain = new PretrainConfig { MaxSteps = tiny ? 40 : 450, BatchSize = tiny ? 16 : 32, Seed = seed };
-        PretrainAndSave(teacherConfig, tokenizer, task.PretrainCorpus, pretrain, assets.TeacherBaseDir, "pretrain/teacher", progress, ct);
-        PretrainAndSave(studentConfig, tokenizer, task.PretrainCorpus, pretrain with { Seed = seed + 1 }, assets.StudentBaseDir,
+        PretrainAndSave(teacherConfig, tokenizer, documents, pretrain, assets.TeacherBaseDir, "pretrain/teacher", progress, ct);
+        PretrainAndSave(studentConfig, tokenizer, documents, pretrain with { Seed = seed + 1 }, assets.StudentBaseDir,
             "pretrain/student", progress, ct);
         File.WriteAllText(marker, wanted);
         return assets;
@@ -91,7 +93,19 @@ public static class DefaultTask
         DoLayerNormBefore = true,
     };
 
-    private static void PretrainAndSave(ModelConfig config, HfTokenizer tokenizer, IReadOnlyList<string> corpus, PretrainConfig options,
+    /// <summary>The corpus' "Question: ...\n\nAnswer: ..." documents as (templated prompt, response) pairs.</summary>
+    private static List<SftExample> SplitDocuments(IReadOnlyList<string> corpus)
+    {
+        const string answer = "\n\nAnswer: ";
+        return corpus.Select(d =>
+        {
+            int at = d.IndexOf(answer, StringComparison.Ordinal);
+            if (at < 0) throw new InvalidDataException($"pretraining document without the paper's template: {d}");
+            return new SftExample(d[..(at + answer.Length)], d[(at + answer.Length)..]);
+        }).ToList();
+    }
+
+    private static void PretrainAndSave(ModelConfig config, HfTokenizer tokenizer, IReadOnlyList<SftExample> corpus, PretrainConfig options,
         string outputDir, string stage, IProgress<JobProgress>? progress, CancellationToken ct)
     {
         using var model = CausalLMFactory.Create(config, seed: options.Seed);

@@ -19,10 +19,10 @@ public static class DemoConfig
             LearningRate = 1e-3, Epochs = epochs, BatchSize = 32, MaxLength = 96, MaxPromptLength = 48, WarmupRatio = 0.1,
             LrScheduler = "cosine", ConsoleProgress = false, Seed = 7,
         };
-        DpoConfig Dpo(int epochs, double lr) => new()
+        DpoConfig Dpo(int epochs, double lr, double beta) => new()
         {
             LearningRate = lr, Epochs = epochs, BatchSize = 16, MaxLength = 96, MaxPromptLength = 48, WarmupRatio = 0.1,
-            LrScheduler = "cosine", Beta = 0.1, Lora = lora, ConsoleProgress = false, Seed = 11,
+            LrScheduler = "cosine", Beta = beta, Lora = lora, ConsoleProgress = false, Seed = 11,
         };
         return new PipelineConfig
         {
@@ -34,13 +34,13 @@ public static class DemoConfig
             {
                 BaseModel = assets.TeacherBaseDir,
                 Sft = Sft(tiny ? 1 : 2),
-                Dpo = Dpo(tiny ? 1 : 3, 5e-3),
+                Dpo = Dpo(tiny ? 1 : 3, 5e-3, 0.1),
             },
             Student = new PipelineConfig.StudentSection
             {
                 BaseModel = assets.StudentBaseDir,
                 Sft = Sft(1),
-                Dpo = Dpo(1, 3e-3),
+                Dpo = Dpo(1, 1e-3, 0.5),
             },
             Data = new PipelineConfig.DataSection
             {

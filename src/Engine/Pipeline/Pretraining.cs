@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using TorchSharp;
+using WeakTeacher.Engine.Data;
 using WeakTeacher.Engine.LogProbs;
 using WeakTeacher.Engine.Models;
 using WeakTeacher.Engine.Tokenization;
@@ -19,21 +20,25 @@ public sealed record PretrainConfig : TrainingConfig
         WeightDecay = 0.01;
         LrScheduler = "cosine";
         MaxLength = 96;
+        MaxPromptLength = 48;
     }
 }
 
 /// <summary>
-/// Pretrains a randomly initialised model on plain documents, so that the embedded task's base models know
-/// the task's language before the paper's pipeline aligns them. Loss: mean next-token NLL over real tokens,
-/// computed with the engine's response log-prob operation (every token after the first counts as response).
+/// Pretrains a randomly initialised model on (prompt, response) documents, so that the embedded task's base models
+/// know the task's language before the paper's pipeline aligns them. Loss: mean next-token NLL over every real token,
+/// computed with the engine's response log-prob operation. Documents are tokenised exactly as SFT, DPO and generation
+/// tokenise them (the templated prompt and the response encoded separately): otherwise the token boundary at the
+/// prompt's trailing space differs from pretraining and every answer starts with a token sequence never seen.
 /// </summary>
 public static class Pretraining
 {
-    public static IReadOnlyList<double> Train(CausalLM model, ITokenizer tokenizer, IReadOnlyList<string> documents,
+    public static IReadOnlyList<double> Train(CausalLM model, ITokenizer tokenizer, IReadOnlyList<SftExample> documents,
         PretrainConfig config, string stage, IProgress<JobProgress>? progress = null, CancellationToken ct = default)
     {
         if (documents.Count == 0) throw new ArgumentException("no documents to pretrain on", nameof(documents));
-        var encoded = documents.Select(d => Encode(tokenizer, d, config.MaxLength)).ToArray();
+        var rules = new PreferenceTokenizer(tokenizer, new TokenizationOptions { MaxLength = config.MaxLength, MaxPromptLength = config.MaxPromptLength });
+        var encoded = documents.Select(d => rules.Tokenize(d)).Select(t => t.PromptIds.Concat(t.ResponseIds).ToArray()).ToArray();
         var rng = new Random((int)config.Seed);
         torch.manual_seed(config.Seed);
         model.train();
@@ -79,16 +84,6 @@ public static class Pretraining
         }
         model.eval();
         return losses;
-    }
-
-    private static int[] Encode(ITokenizer tokenizer, string document, int maxLength)
-    {
-        var body = tokenizer.Encode(document);
-        var ids = new List<int>(body.Count + 2);
-        if (tokenizer.AddsBos && tokenizer.BosTokenId is { } bos) ids.Add(bos);
-        ids.AddRange(body);
-        ids.Add(tokenizer.EosTokenId);
-        return ids.Count > maxLength ? ids.GetRange(0, maxLength).ToArray() : ids.ToArray();
     }
 
     private static (Tensor Ids, Tensor Mask) Pad(int[][] batch, int pad, Device device)

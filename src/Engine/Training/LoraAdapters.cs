@@ -32,9 +32,10 @@ public static class LoraAdapters
 
     /// <summary>
     /// Attaches an adapter to every target projection and freezes every other parameter, so that only the adapters
-    /// train (PEFT's get_peft_model). Returns the number of adapted projections.
+    /// train (PEFT's get_peft_model). Returns the number of adapted projections. The adapters' initial values come from
+    /// <paramref name="seed"/> (the run's seed), not from the global generator, so a job started twice trains the same.
     /// </summary>
-    public static int Attach(nn.Module model, LoraConfig config)
+    public static int Attach(nn.Module model, LoraConfig config, long seed)
     {
         ArgumentNullException.ThrowIfNull(config);
         if (config.TargetModules.Count == 0) throw new ArgumentException("LoRA target_modules is empty", nameof(config));
@@ -46,8 +47,9 @@ public static class LoraAdapters
             throw new ArgumentException($"LoRA target_modules [{string.Join(", ", config.TargetModules)}] match no projection of the model " +
                 $"(its projections: {string.Join(", ", available)})", nameof(config));
         }
+        using var generator = new Generator((ulong)seed);
         foreach (var (_, projection) in projections)
-            if (!projection.HasLora) projection.AttachLora(config.Rank, config.Alpha, config.Dropout);
+            if (!projection.HasLora) projection.AttachLora(config.Rank, config.Alpha, config.Dropout, generator);
         foreach (var (name, parameter) in model.named_parameters())
             parameter.requires_grad = IsAdapterParameter(name);
         return projections.Count;
@@ -139,7 +141,7 @@ public static class LoraAdapters
         var loaded = SafeTensors.Load(weightsPath);
         try
         {
-            Attach(model, config);
+            Attach(model, config, seed: 0); // the loaded weights replace the initial ones
             var adapters = AdapterParameters(model);
             var expected = new HashSet<string>(adapters.Select(a => PeftPrefix + a.Name), StringComparer.Ordinal);
             // PEFT may keep the adapter name in keys ("lora_A.default.weight") in memory, never in saved files

@@ -47,7 +47,7 @@ public sealed class RewardTrainer
             new[] { pairs[i].PromptIds, pairs[i].ChosenIds, pairs[i].RejectedIds })));
         if (Config.Lora is { } lora && !LoraAdapters.HasAdapters(Model.Backbone))
         {
-            LoraAdapters.Attach(Model.Backbone, lora);
+            LoraAdapters.Attach(Model.Backbone, lora, Config.Seed);
             Model.ScoreWeight.requires_grad = true; // PEFT's modules_to_save = ["score"] for sequence classification
         }
         var task = new Task(this, pairs, Config.UseMargin ? margins : null);

@@ -33,7 +33,7 @@ internal static class TrainerOutputs
     /// <summary>Attaches LoRA when configured and not attached yet.</summary>
     public static void PrepareLora(CausalLM model, TrainingConfig config)
     {
-        if (config.Lora is { } lora && !LoraAdapters.HasAdapters(model)) LoraAdapters.Attach(model, lora);
+        if (config.Lora is { } lora && !LoraAdapters.HasAdapters(model)) LoraAdapters.Attach(model, lora, config.Seed);
     }
 
     /// <summary>

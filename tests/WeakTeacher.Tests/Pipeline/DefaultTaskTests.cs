@@ -51,7 +51,8 @@ public class DefaultTaskTests
                 TieWordEmbeddings = true,
             };
             using var model = WeakTeacher.Engine.Models.CausalLMFactory.Create(config, seed: 5);
-            var losses = Pretraining.Train(model, tokenizer, task.PretrainCorpus, new PretrainConfig { MaxSteps = 40, BatchSize = 16 }, "pretrain", null, TestContext.Current.CancellationToken);
+            var documents = task.PretrainCorpus.Select(d => new WeakTeacher.Engine.Data.SftExample(d[..(d.IndexOf("Answer: ") + 8)], d[(d.IndexOf("Answer: ") + 8)..])).ToList();
+            var losses = Pretraining.Train(model, tokenizer, documents, new PretrainConfig { MaxSteps = 40, BatchSize = 16 }, "pretrain", null, TestContext.Current.CancellationToken);
             Assert.Equal(40, losses.Count);
             Assert.True(losses.TakeLast(5).Average() < losses.Take(5).Average() - 1.0,
                 $"loss did not fall: first {losses.Take(5).Average():F3}, last {losses.TakeLast(5).Average():F3}");

@@ -16,12 +16,30 @@ public class LoraTests
     private static WeakTeacher.Engine.Models.CausalLM AdaptedModel()
     {
         var model = TrainingTestKit.Opt(71);
-        LoraAdapters.Attach(model, Config);
+        LoraAdapters.Attach(model, Config, seed: 3);
         var generator = new Generator(5);
         using (no_grad())
             foreach (var (_, p) in LoraAdapters.AdapterParameters(model))
                 p.copy_(randn(p.shape, generator: generator) * 0.3);
         return model;
+    }
+
+    [Fact]
+    public void TheSameSeedGivesTheSameInitialAdapters()
+    {
+        using var first = TrainingTestKit.Opt(71);
+        using var second = TrainingTestKit.Opt(71);
+        using var third = TrainingTestKit.Opt(71);
+        LoraAdapters.Attach(first, Config, seed: 9);
+        manual_seed(12345); // the global generator must not matter
+        LoraAdapters.Attach(second, Config, seed: 9);
+        LoraAdapters.Attach(third, Config, seed: 10);
+        var a = LoraAdapters.AdapterParameters(first).ToDictionary(p => p.Item1, p => p.Item2);
+        var b = LoraAdapters.AdapterParameters(second).ToDictionary(p => p.Item1, p => p.Item2);
+        var c = LoraAdapters.AdapterParameters(third).ToDictionary(p => p.Item1, p => p.Item2);
+        Assert.NotEmpty(a);
+        Assert.All(a, kv => Assert.True(kv.Value.allclose(b[kv.Key], rtol: 0, atol: 0), kv.Key));
+        Assert.Contains(a, kv => kv.Key.EndsWith("lora_A.weight") && !kv.Value.allclose(c[kv.Key], rtol: 0, atol: 0));
     }
 
     [Fact]
@@ -81,7 +99,7 @@ public class LoraTests
     public void UnknownTargetModulesAreAClearError()
     {
         using var model = TrainingTestKit.Opt(72);
-        var ex = Assert.Throws<ArgumentException>(() => LoraAdapters.Attach(model, new LoraConfig { TargetModules = new[] { "c_attn" } }));
+        var ex = Assert.Throws<ArgumentException>(() => LoraAdapters.Attach(model, new LoraConfig { TargetModules = new[] { "c_attn" } }, seed: 3));
         Assert.Contains("q_proj", ex.Message);
     }
 }

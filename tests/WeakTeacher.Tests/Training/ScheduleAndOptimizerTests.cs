@@ -77,7 +77,7 @@ public class OptimizerTests
     public void OnlyTrainableParametersAreOptimised()
     {
         using var model = TrainingTestKit.Opt(3);
-        LoraAdapters.Attach(model, new LoraConfig { Rank = 2, TargetModules = new[] { "q_proj", "v_proj" } });
+        LoraAdapters.Attach(model, new LoraConfig { Rank = 2, TargetModules = new[] { "q_proj", "v_proj" } }, seed: 3);
         using var optimizer = TrainingOptimizer.Create(model, new DpoConfig());
         Assert.Equal(2 * 2 * 2, optimizer.Parameters.Count); // 2 layers x (q, v) x (A, B)
         Assert.All(optimizer.Parameters, p => Assert.True(LoraAdapters.IsAdapterParameter(p.Name)));
