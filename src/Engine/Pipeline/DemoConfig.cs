@@ -6,7 +6,8 @@ namespace WeakTeacher.Engine.Pipeline;
 /// The main job's settings: the paper's pipeline (Appendix A: SFT then DPO with LoRA rank 8, beta 0.1, the paper's
 /// prompt format, temperature 0.7 at evaluation) on the embedded task's small models. Learning rates, epochs and lengths
 /// are scaled to models of a few hundred thousand parameters trained for a few minutes on a CPU; the paper's values
-/// are for 125M-13B models (see README).
+/// are for 125M-13B models (see README). The students' DPO uses beta 0.5 (the paper's TL;DR value): at 0.1 the
+/// weak-label student over-optimised the teacher's length preference (benchmarks/results/demo-cpu.md).
 /// </summary>
 public static class DemoConfig
 {
