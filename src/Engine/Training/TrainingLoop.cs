@@ -127,6 +127,11 @@ internal static class TrainingLoop
             history = state.LogHistory;
             resumedFrom = state.GlobalStep;
         }
+        else
+        {
+            // as transformers' Trainer does (set_seed): dropout draws depend on the run's seed, not on what the process ran before
+            torch.manual_seed(config.Seed);
+        }
 
         using var log = new TrainingLog(task.Stage, outputDir, progress, config.ConsoleProgress, globalStep, globalStep);
         var window = new MetricSums();
