@@ -3,33 +3,52 @@ using static TorchSharp.torch;
 namespace WeakTeacher.Engine.Models;
 
 /// <summary>
-/// Per-layer keys and values [B, H_kv, S, D] of the tokens seen so far, for incremental decoding.
-/// Holds references to tensors it owns; dispose it when generation ends.
+/// Per-layer keys and values [B, H_kv, S, D] of the tokens seen so far, for incremental decoding. Each layer's keys and
+/// values live in a buffer with spare positions that grows by doubling, so a decoding step writes its new position in
+/// place instead of re-allocating and copying the whole cache (which made long generations quadratic in time and
+/// memory traffic). Dispose it when generation ends.
 /// </summary>
 public sealed class KvCache : IDisposable
 {
     private readonly Tensor?[] _keys;
     private readonly Tensor?[] _values;
+    private readonly long[] _lengths;
 
     public KvCache(int numLayers)
     {
         _keys = new Tensor?[numLayers];
         _values = new Tensor?[numLayers];
+        _lengths = new long[numLayers];
     }
 
     /// <summary>Number of positions already cached (0 before the first forward).</summary>
-    public long Length => _keys[0] is { } k ? k.shape[2] : 0;
+    public long Length => _lengths[0];
 
-    /// <summary>Appends this step's keys/values for <paramref name="layer"/> and returns the full ones.</summary>
+    /// <summary>Appends this step's keys/values for <paramref name="layer"/> and returns views of all cached ones.</summary>
     public (Tensor Keys, Tensor Values) Append(int layer, Tensor keys, Tensor values)
     {
-        Tensor k = _keys[layer] is { } pk ? cat(new[] { pk, keys }, 2) : keys.alias();
-        Tensor v = _values[layer] is { } pv ? cat(new[] { pv, values }, 2) : values.alias();
-        _keys[layer]?.Dispose();
-        _values[layer]?.Dispose();
-        _keys[layer] = k.DetachFromDisposeScope();
-        _values[layer] = v.DetachFromDisposeScope();
-        return (k, v);
+        long length = _lengths[layer], added = keys.shape[2], needed = length + added;
+        _keys[layer] = Reserve(_keys[layer], keys, length, needed);
+        _values[layer] = Reserve(_values[layer], values, length, needed);
+        _keys[layer]!.narrow(2, length, added).copy_(keys);
+        _values[layer]!.narrow(2, length, added).copy_(values);
+        _lengths[layer] = needed;
+        return (_keys[layer]!.narrow(2, 0, needed), _values[layer]!.narrow(2, 0, needed));
+    }
+
+    private static Tensor Reserve(Tensor? buffer, Tensor like, long length, long needed)
+    {
+        if (buffer is not null && buffer.shape[2] >= needed) return buffer;
+        long capacity = Math.Max(needed, buffer is null ? needed + 32 : buffer.shape[2] * 2);
+        var shape = like.shape.ToArray();
+        shape[2] = capacity;
+        var grown = empty(shape, like.dtype, like.device).DetachFromDisposeScope();
+        if (buffer is not null)
+        {
+            grown.narrow(2, 0, length).copy_(buffer.narrow(2, 0, length));
+            buffer.Dispose();
+        }
+        return grown;
     }
 
     /// <summary>Keeps only the rows in <paramref name="rows"/> (e.g. drop finished sequences).</summary>
@@ -44,6 +63,12 @@ public sealed class KvCache : IDisposable
 
     public void Dispose()
     {
-        for (int i = 0; i < _keys.Length; i++) { _keys[i]?.Dispose(); _values[i]?.Dispose(); _keys[i] = _values[i] = null; }
+        for (int i = 0; i < _keys.Length; i++)
+        {
+            _keys[i]?.Dispose();
+            _values[i]?.Dispose();
+            _keys[i] = _values[i] = null;
+            _lengths[i] = 0;
+        }
     }
 }
