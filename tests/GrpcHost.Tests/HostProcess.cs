@@ -75,7 +75,7 @@ internal sealed class HostProcess : IAsyncDisposable
     }
 
     public static async Task<HostProcess> StartAsync(string? dataDir = null, IEnumerable<string>? extraArgs = null,
-        TimeSpan? timeout = null, int? port = null)
+        TimeSpan? timeout = null, int? port = null, IReadOnlyDictionary<string, string>? environment = null)
     {
         dataDir ??= NewDataDir();
         int p = port ?? FreePort();
@@ -91,6 +91,7 @@ internal sealed class HostProcess : IAsyncDisposable
         foreach (var a in extraArgs ?? []) info.ArgumentList.Add(a);
         info.Environment["DOTNET_NOLOGO"] = "1";
         info.Environment["ASPNETCORE_ENVIRONMENT"] = "Production";
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) info.Environment[name] = value;
         var process = Process.Start(info) ?? throw new InvalidOperationException("dotnet did not start");
         var host = new HostProcess(process, dataDir, p);
         process.OutputDataReceived += (_, e) => host.Append(e.Data);

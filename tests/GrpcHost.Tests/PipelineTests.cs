@@ -127,11 +127,14 @@ public sealed class PipelineTests(DefaultTaskHost shared)
     {
         await shared.RequireStagesAsync();
         const int steps = 24, saveSteps = 4;
+        // Bit-exact comparison of two CPU runs needs a fixed threading: with a multi-threaded pool, how libtorch/MKL
+        // split a reduction may follow the machine's load (the other test projects run beside this one in CI).
+        var singleThreaded = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["MKL_DYNAMIC"] = "FALSE" };
         // The interrupted run: its own host and data folder, importing the same base model and data.
         var importDir = shared.TaskDir;
         var dataDir = HostProcess.NewDataDir();
         string jobId;
-        await using (var first = await HostProcess.StartAsync(dataDir, ["--ImportDir", importDir]))
+        await using (var first = await HostProcess.StartAsync(dataDir, ["--ImportDir", importDir], environment: singleThreaded))
         {
             var baseModel = await new ModelsService.ModelsServiceClient(first.Channel).ImportModelAsync(new ImportModelRequest { Path = "teacher-base" });
             var data = await new DatasetsService.DatasetsServiceClient(first.Channel).ImportDatasetAsync(new ImportDatasetRequest { Path = "data/labelled.jsonl" });
@@ -151,7 +154,7 @@ public sealed class PipelineTests(DefaultTaskHost shared)
         }
         Job resumed;
         Dictionary<string, byte[]> resumedFiles;
-        await using (var second = await HostProcess.StartAsync(dataDir, ["--ImportDir", importDir]))
+        await using (var second = await HostProcess.StartAsync(dataDir, ["--ImportDir", importDir], environment: singleThreaded))
         {
             var jobs = new JobsService.JobsServiceClient(second.Channel);
             try { resumed = await WaitForEnd(jobs, jobId, TimeSpan.FromMinutes(3)); }
@@ -166,7 +169,7 @@ public sealed class PipelineTests(DefaultTaskHost shared)
         // The uninterrupted run of the same request on a host of its own, like the interrupted one (same base model
         // bytes, same data). Not the shared host: other tests' label streams run there at the same time, and on CPU
         // concurrent libtorch work in one process changes how its intra-op thread pool splits reductions.
-        await using (var uninterrupted = await HostProcess.StartAsync(HostProcess.NewDataDir(), ["--ImportDir", importDir]))
+        await using (var uninterrupted = await HostProcess.StartAsync(HostProcess.NewDataDir(), ["--ImportDir", importDir], environment: singleThreaded))
         {
             var baseModel = await new ModelsService.ModelsServiceClient(uninterrupted.Channel).ImportModelAsync(new ImportModelRequest { Path = "teacher-base" });
             var data = await new DatasetsService.DatasetsServiceClient(uninterrupted.Channel).ImportDatasetAsync(new ImportDatasetRequest { Path = "data/labelled.jsonl" });
