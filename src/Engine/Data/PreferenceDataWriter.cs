@@ -119,29 +119,7 @@ public static class PreferenceDataWriter
         _ => throw new ArgumentException($"row {index}: extra field '{name}' has type {value.GetType().Name}; use double, float, int, long, bool or string"),
     };
 
-    private static int WriteAtomically(string path, Func<Stream, int> write)
-    {
-        var full = Path.GetFullPath(path);
-        var directory = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(directory);
-        var temporary = Path.Combine(directory, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            int count;
-            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 16))
-            {
-                count = write(stream);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temporary, full, overwrite: true);
-            return count;
-        }
-        catch
-        {
-            try { File.Delete(temporary); } catch (IOException) { }
-            throw;
-        }
-    }
+    private static int WriteAtomically(string path, Func<Stream, int> write) => AtomicFile.Write(path, write);
 
     private static int WriteJsonLines(Stream stream, IEnumerable<(string Name, object? Value)[]> records)
     {

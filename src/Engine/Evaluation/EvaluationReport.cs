@@ -258,10 +258,5 @@ public sealed class EvaluationReport
     /// </summary>
     public IReadOnlyList<string> SavePlots(string dir) => ReportPlots.Save(this, dir);
 
-    private static void WriteAtomically(string path, string text)
-    {
-        string tmp = path + ".tmp";
-        File.WriteAllText(tmp, text, new UTF8Encoding(false));
-        File.Move(tmp, path, overwrite: true);
-    }
+    private static void WriteAtomically(string path, string text) => AtomicFile.WriteAllText(path, text);
 }
