@@ -263,6 +263,9 @@ public static class PipelineStages
         var history = result.LogHistory.Select(h => h.Where(kv => double.IsFinite(kv.Value)).ToDictionary()).ToList();
         AtomicFile.WriteAllText(Path.Combine(outputDir, TrainDoneFile),
             JsonSerializer.Serialize(new StoredTrain(result.GlobalStep, result.ModelDir, result.AdapterDir, history), Indented));
+        // a finished sub-stage is never resumed again: its resumable checkpoints (weights + optimizer state) only cost
+        // disk, and a teacher folder served as a model would carry them along
+        foreach (var checkpoint in Directory.GetDirectories(outputDir, "checkpoint-*")) Directory.Delete(checkpoint, recursive: true);
         return result;
     }
 

@@ -37,6 +37,9 @@ public class WeakToStrongPipelineTests
             // the human baseline was trained on the hidden human labels; the weak student on the teacher's
             Assert.True(File.Exists(Path.Combine(dir, "run", "labels", "human-labelled.jsonl")));
             Assert.True(File.Exists(Path.Combine(dir, "run", "teacher", TeacherManifest.FileName)));
+            // finished stages keep their final models, not their resumable checkpoints
+            Assert.Empty(Directory.GetDirectories(Path.Combine(dir, "run"), "checkpoint-*", SearchOption.AllDirectories));
+            Assert.True(File.Exists(Path.Combine(dir, "run", "teacher", "dpo", "model.safetensors")));
 
             var again = WeakToStrongPipeline.Run(config, null, ct);
             Assert.Equal(report.Labels, again.Labels);
