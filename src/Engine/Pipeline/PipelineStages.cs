@@ -52,13 +52,8 @@ public static class PipelineStages
         }
         else
         {
-            string sftDir = Path.Combine(workDir, "sft");
-            string dpoDir = Path.Combine(workDir, "dpo");
-            var sft = Sft(request.BaseModelDir, examples.Select(e => e.ToSft()).ToList(), request.Sft, sftDir, device, tokenizer,
-                Prefix(progress, "teacher/sft"), ct);
-            AddFinalMetrics(metrics, "sft", sft);
-            var dpo = Dpo(sft.ModelDir!, examples, request.Dpo, dpoDir, device, tokenizer, Prefix(progress, "teacher/dpo"), ct);
-            AddFinalMetrics(metrics, "dpo", dpo);
+            var (sft, dpo) = SftThenDpo(request.BaseModelDir, examples, request.Sft, request.Dpo, workDir, device, tokenizer, metrics,
+                progress, "teacher", ct);
             artifacts["reference"] = sft.ModelDir!;
             artifacts["policy"] = dpo.ModelDir!;
             if (dpo.AdapterDir is not null) artifacts["adapter"] = dpo.AdapterDir;
@@ -116,11 +111,8 @@ public static class PipelineStages
         var examples = ReadPreferences(request.LabelledDataPath, template, request.SkipInvalidRows);
         var tokenizer = HfTokenizer.Load(request.BaseModelDir);
         var metrics = new Dictionary<string, double>();
-        var sft = Sft(request.BaseModelDir, examples.Select(e => e.ToSft()).ToList(), request.Sft, Path.Combine(workDir, "sft"), device,
-            tokenizer, Prefix(progress, "student/sft"), ct);
-        AddFinalMetrics(metrics, "sft", sft);
-        var dpo = Dpo(sft.ModelDir!, examples, request.Dpo, Path.Combine(workDir, "dpo"), device, tokenizer, Prefix(progress, "student/dpo"), ct);
-        AddFinalMetrics(metrics, "dpo", dpo);
+        var (sft, dpo) = SftThenDpo(request.BaseModelDir, examples, request.Sft, request.Dpo, workDir, device, tokenizer, metrics,
+            progress, "student", ct);
         var artifacts = new Dictionary<string, string> { ["sft"] = sft.ModelDir!, ["model"] = dpo.ModelDir! };
         if (dpo.AdapterDir is not null) artifacts["adapter"] = dpo.AdapterDir;
         return WriteResult(workDir, new StageResult(artifacts, metrics));
@@ -168,6 +160,20 @@ public static class PipelineStages
     }
 
     // ---- shared pieces ------------------------------------------------------------------------------------------
+
+    /// <summary>The paper's recipe for teacher and student alike: SFT on the chosen responses (workDir/sft), then DPO with
+    /// the SFT model as reference (workDir/dpo). Final metrics go to <paramref name="metrics"/> as sft/... and dpo/....</summary>
+    private static (TrainResult Sft, TrainResult Dpo) SftThenDpo(string baseModelDir, IReadOnlyList<PreferenceExample> examples,
+        SftConfig sftConfig, DpoConfig dpoConfig, string workDir, Device device, ITokenizer tokenizer, Dictionary<string, double> metrics,
+        IProgress<JobProgress>? progress, string role, CancellationToken ct)
+    {
+        var sft = Sft(baseModelDir, examples.Select(e => e.ToSft()).ToList(), sftConfig, Path.Combine(workDir, "sft"), device, tokenizer,
+            Prefix(progress, $"{role}/sft"), ct);
+        AddFinalMetrics(metrics, "sft", sft);
+        var dpo = Dpo(sft.ModelDir!, examples, dpoConfig, Path.Combine(workDir, "dpo"), device, tokenizer, Prefix(progress, $"{role}/dpo"), ct);
+        AddFinalMetrics(metrics, "dpo", dpo);
+        return (sft, dpo);
+    }
 
     internal static TrainResult Sft(string baseModelDir, IReadOnlyList<SftExample> examples, SftConfig config, string outputDir, Device device,
         ITokenizer tokenizer, IProgress<JobProgress>? progress, CancellationToken ct)

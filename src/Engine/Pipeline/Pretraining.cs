@@ -38,7 +38,7 @@ public static class Pretraining
     {
         if (documents.Count == 0) throw new ArgumentException("no documents to pretrain on", nameof(documents));
         var rules = new PreferenceTokenizer(tokenizer, new TokenizationOptions { MaxLength = config.MaxLength, MaxPromptLength = config.MaxPromptLength });
-        var encoded = documents.Select(d => rules.Tokenize(d)).Select(t => t.PromptIds.Concat(t.ResponseIds).ToArray()).ToArray();
+        var encoded = documents.Select(rules.Tokenize).ToArray();
         var rng = new Random((int)config.Seed);
         torch.manual_seed(config.Seed);
         model.train();
@@ -53,7 +53,7 @@ public static class Pretraining
         for (int step = 0; step < totalSteps; step++)
         {
             ct.ThrowIfCancellationRequested();
-            var batch = new int[config.BatchSize][];
+            var batch = new TokenizedSequence[config.BatchSize];
             for (int i = 0; i < batch.Length; i++)
             {
                 if (cursor == order.Length) { rng.Shuffle(order); cursor = 0; }
@@ -62,8 +62,9 @@ public static class Pretraining
             double lr = LearningRateSchedule.At(config.LrScheduler, config.LearningRate, step, warmup, totalSteps);
             optimizer.SetLearningRate(lr);
             using var scope = NewDisposeScope();
-            var (ids, mask) = Pad(batch, tokenizer.PadTokenId, model.Device);
-            var logps = ResponseLogProbs.Compute(model, ids, mask, mask);
+            using var collated = Collator.CollateSequences(batch, tokenizer.PadTokenId, model.Device);
+            var mask = collated.AttentionMask; // every real token after the first is scored, prompt included
+            var logps = ResponseLogProbs.Compute(model, collated.InputIds, mask, mask);
             var count = mask[.., 1..].sum().to_type(ScalarType.Float32);
             var loss = -logps.sum() / count;
             optimizer.ZeroGrad();
@@ -84,16 +85,5 @@ public static class Pretraining
         }
         model.eval();
         return losses;
-    }
-
-    private static (Tensor Ids, Tensor Mask) Pad(int[][] batch, int pad, Device device)
-    {
-        int width = batch.Max(b => b.Length);
-        var ids = new long[batch.Length * width];
-        var mask = new long[batch.Length * width];
-        Array.Fill(ids, pad);
-        for (int r = 0; r < batch.Length; r++)
-            for (int t = 0; t < batch[r].Length; t++) { ids[r * width + t] = batch[r][t]; mask[r * width + t] = 1; }
-        return (tensor(ids, new long[] { batch.Length, width }).to(device), tensor(mask, new long[] { batch.Length, width }).to(device));
     }
 }

@@ -14,26 +14,35 @@ public static class PromptFile
         using Stream stream = path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) ? new GZipStream(file, CompressionMode.Decompress) : file;
         using var reader = new StreamReader(stream);
         var prompts = new List<string>();
-        int line = 0;
+        long line = 0;
         while (reader.ReadLine() is { } text)
-        {
-            line++;
-            if (string.IsNullOrWhiteSpace(text)) continue;
-            try
-            {
-                using var doc = JsonDocument.Parse(text);
-                if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("prompt", out var prompt))
-                    throw new DataFormatException(path, $"line {line}", "prompt", "missing");
-                if (prompt.ValueKind != JsonValueKind.String || string.IsNullOrWhiteSpace(prompt.GetString()))
-                    throw new DataFormatException(path, $"line {line}", "prompt", "must be a non-empty string");
-                prompts.Add(prompt.GetString()!);
-            }
-            catch (JsonException e)
-            {
-                throw new DataFormatException(path, $"line {line}", null, $"not valid JSON ({e.Message})");
-            }
-        }
+            if (ParseLine(text, path, ++line) is { } prompt) prompts.Add(prompt);
         if (prompts.Count == 0) throw new InvalidDataException($"{path}: no prompts.");
         return prompts;
+    }
+
+    /// <summary>The prompt of one line ({"prompt": "..."}, other fields ignored), or null for a blank line.</summary>
+    /// <exception cref="DataFormatException">the line is not a JSON object with a non-empty "prompt" string.</exception>
+    public static string? ParseLine(string text, string path, long line)
+    {
+        if (string.IsNullOrWhiteSpace(text)) return null;
+        string location = $"line {line}";
+        try
+        {
+            using var doc = JsonDocument.Parse(text);
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw new DataFormatException(path, location, null, $"expected a JSON object, found {doc.RootElement.ValueKind}");
+            if (!doc.RootElement.TryGetProperty("prompt", out var prompt) || prompt.ValueKind == JsonValueKind.Null)
+                throw new DataFormatException(path, location, "prompt", "missing (or null)");
+            if (prompt.ValueKind != JsonValueKind.String)
+                throw new DataFormatException(path, location, "prompt", $"expected a string, found {prompt.ValueKind}");
+            string value = prompt.GetString()!;
+            if (value.Trim().Length == 0) throw new DataFormatException(path, location, "prompt", "empty text");
+            return value;
+        }
+        catch (JsonException e)
+        {
+            throw new DataFormatException(path, location, null, $"not valid JSON: {e.Message}");
+        }
     }
 }

@@ -111,24 +111,18 @@ public static class WeakToStrongPipeline
 
         // 5. the report
         report.GoldScorer = config.Evaluation.GoldScorer;
-        foreach (var name in models.Keys)
-        {
-            var rewards = ReadGoldRewards(evaluation.Artifacts[$"generations/{name}"]);
-            report.Students.Add(StudentScores.Compute(name, rewards));
-        }
+        var goldRewards = models.Keys.ToDictionary(name => name, name => ReadGoldRewards(evaluation.Artifacts[$"generations/{name}"]));
+        foreach (var (name, rewards) in goldRewards) report.Students.Add(StudentScores.Compute(name, rewards));
         if (human is not null)
-        {
-            var weakRewards = ReadGoldRewards(evaluation.Artifacts[$"generations/{StudentScores.WeakDpo}"]);
-            var humanRewards = ReadGoldRewards(evaluation.Artifacts[$"generations/{StudentScores.HumanDpo}"]);
-            report.WinRates.Add(new WinRateEntry(StudentScores.WeakDpo, StudentScores.HumanDpo, WinRate.Compute(weakRewards, humanRewards)));
-        }
+            report.WinRates.Add(new WinRateEntry(StudentScores.WeakDpo, StudentScores.HumanDpo,
+                WinRate.Compute(goldRewards[StudentScores.WeakDpo], goldRewards[StudentScores.HumanDpo])));
         if (haveHuman)
         {
             var teacherLabels = ReadTeacherLabels(labels.Artifacts["labels"]);
             using var gold = GoldScorers.Open(config.Evaluation.GoldScorer, device);
-            var templatePairs = pairs; // the gold scorer sees raw prompts, as at evaluation
-            var goldA = gold.Scorer.ScoreBatch(templatePairs.Select(p => (p.Prompt, p.ResponseA)).ToList());
-            var goldB = gold.Scorer.ScoreBatch(templatePairs.Select(p => (p.Prompt, p.ResponseB)).ToList());
+            // the gold scorer sees raw prompts, as at evaluation
+            var goldA = gold.Scorer.ScoreBatch(pairs.Select(p => (p.Prompt, p.ResponseA)).ToList());
+            var goldB = gold.Scorer.ScoreBatch(pairs.Select(p => (p.Prompt, p.ResponseB)).ToList());
             var humanLabels = pairs.Select(p => p.HumanLabel!.Value).ToList();
             report.Labels = LabelAgreement.Compute(teacherLabels, humanLabels, LabelAgreement.GoldLabels(goldA, goldB));
             report.GoldGap = GoldGapTable.Compute(goldA, goldB, humanLabels, teacherLabels);

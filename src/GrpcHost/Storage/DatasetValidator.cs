@@ -3,6 +3,7 @@ using System.IO.Pipelines;
 using System.Text;
 using System.Text.Json;
 using WeakTeacher.Engine.Data;
+using WeakTeacher.Engine.Pipeline;
 using WeakTeacher.Grpc.V1;
 
 namespace WeakTeacher.GrpcHost.Storage;
@@ -101,27 +102,11 @@ internal static class DatasetValidator
         catch (InvalidDataException e) { throw new BadRowException($"line {lineBefore + 1}", null, $"the gzip stream is corrupt: {e.Message}"); }
     }
 
-    /// <summary>A prompts file row: {"prompt": "..."} (other fields are kept but not used). False for a blank line.</summary>
+    /// <summary>A prompts file row, checked as evaluation reads it (<see cref="PromptFile.ParseLine"/>). False for a blank line.</summary>
     private static bool CheckPromptLine(string text, long line)
     {
-        if (string.IsNullOrWhiteSpace(text)) return false;
-        var location = $"line {line}";
-        try
-        {
-            using var document = JsonDocument.Parse(text);
-            if (document.RootElement.ValueKind != JsonValueKind.Object)
-                throw new BadRowException(location, null, $"expected a JSON object, found {document.RootElement.ValueKind}");
-            if (!document.RootElement.TryGetProperty("prompt", out var prompt) || prompt.ValueKind == JsonValueKind.Null)
-                throw new BadRowException(location, "prompt", "missing (or null)");
-            if (prompt.ValueKind != JsonValueKind.String)
-                throw new BadRowException(location, "prompt", $"expected a string, found {prompt.ValueKind}");
-            if (prompt.GetString()!.Trim().Length == 0) throw new BadRowException(location, "prompt", "empty text");
-            return true;
-        }
-        catch (JsonException e)
-        {
-            throw new BadRowException(location, null, $"not valid JSON: {e.Message}");
-        }
+        try { return PromptFile.ParseLine(text, "upload", line) is not null; }
+        catch (DataFormatException e) { throw new BadRowException(e.Location, e.Field, e.Problem); }
     }
 
     /// <summary>Validation of JSON lines while they arrive (see the class summary).</summary>
