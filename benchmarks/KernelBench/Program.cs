@@ -26,9 +26,10 @@ if (options.Cuda)
     // CUDA libtorch must be chosen before any other torch call (TorchSharp binds LibTorchSharp once)
     bool torchCuda;
     try { torchCuda = torch.TryInitializeDeviceType(DeviceType.CUDA) && cuda.is_available(); }
-    catch (Exception e) when (e is NotSupportedException or InvalidOperationException or DllNotFoundException)
+    catch (Exception e) when (e is NotSupportedException or InvalidOperationException or DllNotFoundException or TypeInitializationException)
     {
-        Console.Error.WriteLine($"--device cuda: TorchSharp could not load a CUDA libtorch: {e.Message}");
+        var reason = (e is TypeInitializationException { InnerException: { } inner } ? inner : e).Message.Split('\n')[0];
+        Console.Error.WriteLine($"--device cuda: TorchSharp could not load a CUDA libtorch: {reason}");
         return 3;
     }
     if (!torchCuda)

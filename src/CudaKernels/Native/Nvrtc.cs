@@ -41,8 +41,20 @@ internal sealed unsafe class Nvrtc
         var list = candidates.ToList();
         if (!NativeLoader.TryLoadFirst(list, out var lib, out var name, out var failures))
             return (null, $"NVRTC (libnvrtc.so) not found: {failures}. Set CUDA_LIB to the CUDA toolkit's lib64 folder or WT_NVRTC to the library.");
+        PreloadBuiltins(name);
         try { return (new Nvrtc(lib, name), ""); }
         catch (CudaUnavailableException ex) { return (null, ex.Message); }
+    }
+
+    /// <summary>NVRTC dlopens libnvrtc-builtins by soname at compile time. Where NVRTC was loaded by full path from a folder
+    /// outside the loader's search path (WT_NVRTC), loading the builtins from that folder first lets that lookup find
+    /// them already in the process.</summary>
+    private static void PreloadBuiltins(string loadedName)
+    {
+        var dir = Path.GetDirectoryName(loadedName);
+        if (string.IsNullOrEmpty(dir) || !Directory.Exists(dir)) return;
+        foreach (var f in Directory.GetFiles(dir, "libnvrtc-builtins.so*").OrderByDescending(f => f.Length).ThenByDescending(f => f, StringComparer.Ordinal))
+            if (NativeLibrary.TryLoad(f, out _)) return;
     }
 
     internal string LibraryName { get; }

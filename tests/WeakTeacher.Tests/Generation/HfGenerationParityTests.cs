@@ -10,22 +10,20 @@ using Generator = WeakTeacher.Engine.Generation.Generator;
 namespace WeakTeacher.Tests.Generation;
 
 /// <summary>
-/// Generation on the tiny Hugging Face checkpoints of tests/fixtures/hf-parity against what transformers'
+/// Generation on the tiny Hugging Face checkpoints of tests/fixtures/hf-parity (and hf-own) against what transformers'
 /// generate() produced on them (expected.safetensors: gen_input_ids / gen_attention_mask [2, 6] left-padded,
 /// gen_output [2, 12] from greedy generate with max_new_tokens = min_new_tokens = 6).
 /// Runs on the device WT_DEVICE names (cpu by default), so the same tests check CUDA on a GPU machine.
 /// </summary>
 public class HfGenerationParityTests
 {
-    public static TheoryData<string> Fixtures => new() { "opt", "opt-350m-style", "gpt2", "llama" };
+    public static TheoryData<string> Fixtures => new(Models.Fixtures.ParityNames);
 
-    private static readonly Device TestDevice = TorchDevice.Initialize(new RuntimeOptions());
+    private static readonly Device TestDevice = Models.Fixtures.Device;
 
-    private static string Dir(string name) => Path.Combine(AppContext.BaseDirectory, "fixtures", "hf-parity", name);
+    private static CausalLM LoadModel(string name) => Models.Fixtures.Load(name);
 
-    private static CausalLM LoadModel(string name) => PretrainedModel.Load(Dir(name), new ModelLoadOptions { Device = TestDevice });
-
-    private static Dictionary<string, Tensor> Expected(string name) => SafeTensors.Load(Path.Combine(Dir(name), "expected.safetensors"));
+    private static Dictionary<string, Tensor> Expected(string name) => Models.Fixtures.Expected(name);
 
     private static long[] Flat(Tensor t) => t.cpu().to(ScalarType.Int64).data<long>().ToArray();
 

@@ -6,20 +6,21 @@ using static TorchSharp.torch;
 
 namespace WeakTeacher.Tests.Models;
 
-/// <summary>The engine's models against what Hugging Face transformers computed on the same checkpoints.</summary>
+/// <summary>The engine's models against what Hugging Face transformers computed on the same checkpoints, on the device
+/// WT_DEVICE names (cpu by default; the comparisons are made on the CPU).</summary>
 public class HfParityTests
 {
-    public static TheoryData<string> FixtureNames => new(Fixtures.Names);
+    public static TheoryData<string> FixtureNames => new(Fixtures.ParityNames);
 
     [Theory]
     [MemberData(nameof(FixtureNames))]
     public void LogitsMatchTransformersWhereAttentionMaskIsOne(string name)
     {
         using var scope = NewDisposeScope();
-        using var model = PretrainedModel.Load(Fixtures.Dir(name));
+        using var model = Fixtures.Load(name);
         var expected = Fixtures.Expected(name);
         using var noGrad = no_grad();
-        var logits = model.Logits(expected["input_ids"], expected["attention_mask"]);
+        var logits = model.Logits(expected["input_ids"].to(Fixtures.Device), expected["attention_mask"].to(Fixtures.Device)).cpu();
         Assert.Equal(expected["logits"].shape, logits.shape);
         var real = expected["attention_mask"].to(float32).unsqueeze(-1);
         double maxDiff = ((logits - expected["logits"]).abs() * real).max().item<float>();
@@ -33,27 +34,29 @@ public class HfParityTests
     public void ResponseLogProbsMatchTransformers(string name)
     {
         using var scope = NewDisposeScope();
-        using var model = PretrainedModel.Load(Fixtures.Dir(name));
+        using var model = Fixtures.Load(name);
         var expected = Fixtures.Expected(name);
         using var noGrad = no_grad();
         var ids = expected["input_ids"];
-        var result = ResponseLogProbs.ComputeWithTokens(model, ids, expected["attention_mask"], expected["response_mask"]);
-        var sequence = ResponseLogProbs.Compute(model, ids, expected["attention_mask"], expected["response_mask"]);
+        var (onIds, onMask, onResponse) = (ids.to(Fixtures.Device), expected["attention_mask"].to(Fixtures.Device), expected["response_mask"].to(Fixtures.Device));
+        var result = ResponseLogProbs.ComputeWithTokens(model, onIds, onMask, onResponse);
+        var sequence = ResponseLogProbs.Compute(model, onIds, onMask, onResponse).cpu();
         var want = expected["seq_logps"].to(float32);
         Assert.Equal(ScalarType.Float32, sequence.dtype);
         Assert.Equal(new long[] { ids.shape[0] }, sequence.shape);
         double maxDiff = (sequence - want).abs().max().item<float>();
         Assert.True(maxDiff < 1e-4, $"{name}: seq log-probs {string.Join(", ", sequence.data<float>().ToArray())} vs {string.Join(", ", want.data<float>().ToArray())}");
-        Assert.True((result.SequenceLogps - sequence).abs().max().item<float>() < 1e-5);
+        var tokenLogps = result.TokenLogps.cpu();
+        Assert.True((result.SequenceLogps.cpu() - sequence).abs().max().item<float>() < 1e-5);
         // per-token parts sum to the sequence values, sit only on response positions, and are counted
-        Assert.True((result.TokenLogps.sum(1) - sequence).abs().max().item<float>() < 1e-4);
+        Assert.True((tokenLogps.sum(1) - sequence).abs().max().item<float>() < 1e-4);
         var offResponse = expected["response_mask"].eq(0);
-        Assert.Equal(0f, result.TokenLogps.masked_select(offResponse).abs().sum().item<float>());
+        Assert.Equal(0f, tokenLogps.masked_select(offResponse).abs().sum().item<float>());
         var counts = expected["response_mask"].narrow(1, 1, ids.shape[1] - 1).sum(1).to(int64);
-        Assert.Equal(counts.data<long>().ToArray(), result.TokenCounts.data<long>().ToArray());
+        Assert.Equal(counts.data<long>().ToArray(), result.TokenCounts.cpu().data<long>().ToArray());
 
         // and from full logits, the slow way, in float64
-        var logits = model.Logits(ids, expected["attention_mask"]).to(float64);
+        var logits = model.Logits(onIds, onMask).cpu().to(float64);
         var lp = logits.log_softmax(-1).narrow(1, 0, ids.shape[1] - 1)
             .gather(-1, ids.narrow(1, 1, ids.shape[1] - 1).unsqueeze(-1)).squeeze(-1);
         var slow = (lp * expected["response_mask"].narrow(1, 1, ids.shape[1] - 1).to(float64)).sum(1).to(float32);
@@ -65,9 +68,10 @@ public class HfParityTests
     public void ResponseLogProbsAreDifferentiable(string name)
     {
         using var scope = NewDisposeScope();
-        using var model = PretrainedModel.Load(Fixtures.Dir(name));
+        using var model = Fixtures.Load(name);
         var expected = Fixtures.Expected(name);
-        var sequence = ResponseLogProbs.Compute(model, expected["input_ids"], expected["attention_mask"], expected["response_mask"]);
+        var sequence = ResponseLogProbs.Compute(model, expected["input_ids"].to(Fixtures.Device),
+            expected["attention_mask"].to(Fixtures.Device), expected["response_mask"].to(Fixtures.Device));
         sequence.sum().backward();
         var grads = model.parameters().Select(p => p.grad).ToList();
         Assert.All(grads, g => Assert.NotNull(g));
