@@ -36,7 +36,7 @@ nvrtc_for_tests() {
     echo "deb $mirror $codename non-free" >"$state/sources.list"
     local o=(-o "Dir::Etc::SourceList=$state/sources.list" -o Dir::Etc::SourceParts=/dev/null
              -o "Dir::State::Lists=$state/lists" -o "Dir::Cache=$state" -o "Dir::State::status=/dev/null"
-             -o Debug::NoLocking=1 -o APT::Sandbox::User=root -qq)
+             -o Debug::NoLocking=1 -o APT::Sandbox::User=root -o Acquire::Retries=1 -o Acquire::http::Timeout=30 -qq)
     local names
     if apt-get "${o[@]}" update >"$state/log" 2>&1 &&
        names=$(apt-cache "${o[@]}" pkgnames libnvrtc 2>>"$state/log" | grep -v -- '-dev$' | sort) && [[ -n $names ]] &&
