@@ -27,10 +27,11 @@ rows=()
 
 # summary of a log: xunit's totals line, else its last line
 summarize() {
-  local total
-  total=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -a 'Total:' | tail -1 | sed 's/^ *//')
+  local plain total
+  plain=$(sed 's/\x1b\[[0-9;]*m//g' "$1")
+  total=$(grep -a 'Total:' <<<"$plain" | tail -1 | sed 's/^ *//')
   [[ -n $total ]] && { echo "$total"; return; }
-  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -a -v '^\s*$' | tail -1 | cut -c1-110
+  grep -a -v '^\s*$' <<<"$plain" | tail -1 | cut -c1-110
 }
 
 step() {   # step NAME SECONDS COMMAND...

@@ -50,9 +50,7 @@ public static class FusedHeadLogProbs
             throw new ArgumentOutOfRangeException(nameof(chunkRows), chunkRows, $"{op}: chunkRows must be >= 0 (0 = auto).");
         InputChecks.Indices(op, labels, seqIndex, hidden.shape[0], numSequences, hidden);
         InputChecks.IndexRanges(op, labels, seqIndex, weight.shape[0], numSequences, ignoreIndex);
-        bool cuda = KernelSettings.UseCuda(hidden, op) && hidden.dtype is ScalarType.Float32 or ScalarType.BFloat16;
-        if (!cuda && KernelSettings.EffectiveBackend == KernelBackend.Cuda)
-            throw new ArgumentException($"{op}: the CUDA kernels take float32 or bfloat16 inputs, got {hidden.dtype}.", nameof(hidden));
+        bool cuda = KernelSettings.UseCuda(hidden, op, floatKernel: true, nameof(hidden));
         int rows = chunkRows > 0 ? (int)Math.Min(chunkRows, Math.Max(hidden.shape[0], 1)) : AutoChunkRows(hidden.shape[0], weight.shape[0]);
         var outputs = FusedHeadLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), labels.contiguous(), seqIndex.contiguous(),
             numSequences, ignoreIndex, rows, cuda, hidden.requires_grad, weight.requires_grad);

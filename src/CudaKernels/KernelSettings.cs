@@ -47,9 +47,12 @@ public static class KernelSettings
         }
     }
 
-    /// <summary>Decides whether an operation on <paramref name="probe"/> runs the CUDA kernels.</summary>
-    internal static bool UseCuda(Tensor probe, string operation)
+    /// <summary>Decides whether an operation on <paramref name="probe"/> runs the CUDA kernels. With
+    /// <paramref name="floatKernel"/> the kernels take float32 or bfloat16 only: under Auto another dtype takes the
+    /// reference path, under <see cref="KernelBackend.Cuda"/> it is an error naming <paramref name="parameter"/>.</summary>
+    internal static bool UseCuda(Tensor probe, string operation, bool floatKernel = false, string parameter = "input")
     {
+        bool dtypeFits = !floatKernel || probe.dtype is ScalarType.Float32 or ScalarType.BFloat16;
         switch (EffectiveBackend)
         {
             case KernelBackend.Reference:
@@ -59,9 +62,11 @@ public static class KernelSettings
                     throw new InvalidOperationException(
                         $"{operation}: KernelBackend.Cuda needs CUDA tensors, but the input is on {probe.device}.");
                 Cuda.CudaRuntime.EnsureAvailable();
+                if (!dtypeFits)
+                    throw new ArgumentException($"{operation}: the CUDA kernels take float32 or bfloat16 {parameter}, got {probe.dtype}.", parameter);
                 return true;
             default:
-                return probe.device_type == TorchSharp.DeviceType.CUDA && Cuda.CudaRuntime.IsAvailable;
+                return dtypeFits && probe.device_type == TorchSharp.DeviceType.CUDA && Cuda.CudaRuntime.IsAvailable;
         }
     }
 }

@@ -23,9 +23,7 @@ public static class TokenLogProbs
         InputChecks.Logits(op, logits);
         InputChecks.Indices(op, labels, seqIndex, logits.shape[0], numSequences, logits);
         InputChecks.IndexRanges(op, labels, seqIndex, logits.shape[1], numSequences, ignoreIndex);
-        bool cuda = KernelSettings.UseCuda(logits, op) && logits.dtype is ScalarType.Float32 or ScalarType.BFloat16;
-        if (!cuda && KernelSettings.EffectiveBackend == KernelBackend.Cuda)
-            throw new ArgumentException($"{op}: the CUDA kernels take float32 or bfloat16 logits, got {logits.dtype}.", nameof(logits));
+        bool cuda = KernelSettings.UseCuda(logits, op, floatKernel: true, nameof(logits));
         var outputs = TokenLogProbsFunction.apply(cuda ? logits.contiguous() : logits, labels.contiguous(), seqIndex.contiguous(),
             numSequences, ignoreIndex, cuda);
         return (outputs[0], outputs[1]);

@@ -28,8 +28,7 @@ internal sealed unsafe class Nvrtc
         foreach (var dir in new[] { Environment.GetEnvironmentVariable("CUDA_LIB"), "/usr/local/cuda/lib64" })
         {
             if (string.IsNullOrWhiteSpace(dir) || !Directory.Exists(dir)) continue;
-            // newest first: libnvrtc.so.13 before libnvrtc.so.12; skip libnvrtc-builtins
-            foreach (var f in Directory.GetFiles(dir, "libnvrtc.so*").OrderByDescending(f => f.Length).ThenByDescending(f => f, StringComparer.Ordinal))
+            foreach (var f in NewestFirst(dir, "libnvrtc.so*"))   // the pattern skips libnvrtc-builtins
                 yield return f;
         }
         foreach (var name in new[] { "libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2" })
@@ -53,9 +52,13 @@ internal sealed unsafe class Nvrtc
     {
         var dir = Path.GetDirectoryName(loadedName);
         if (string.IsNullOrEmpty(dir) || !Directory.Exists(dir)) return;
-        foreach (var f in Directory.GetFiles(dir, "libnvrtc-builtins.so*").OrderByDescending(f => f.Length).ThenByDescending(f => f, StringComparer.Ordinal))
+        foreach (var f in NewestFirst(dir, "libnvrtc-builtins.so*"))
             if (NativeLibrary.TryLoad(f, out _)) return;
     }
+
+    /// <summary>Versioned library files, newest first (libnvrtc.so.13.0.88 before libnvrtc.so.13 before libnvrtc.so.12).</summary>
+    private static IEnumerable<string> NewestFirst(string dir, string pattern) =>
+        Directory.GetFiles(dir, pattern).OrderByDescending(f => f.Length).ThenByDescending(f => f, StringComparer.Ordinal);
 
     internal string LibraryName { get; }
 

@@ -96,7 +96,7 @@ public sealed class DpoTrainer
             {
                 int count = Math.Min(batchSize, pairs.Length - start);
                 using var scope = NewDisposeScope();
-                using var batch = Collator.CollatePreferences(pairs.AsSpan(start, count).ToArray(), _tokenizer.PadTokenId, reference.Device);
+                using var batch = Collator.CollatePreferences(new ArraySegment<TokenizedPair>(pairs, start, count), _tokenizer.PadTokenId, reference.Device);
                 var logps = ResponseLogProbs.Compute(reference, batch.InputIds, batch.AttentionMask, batch.ResponseMask).cpu();
                 result.narrow(0, start, count).select(1, 0).copy_(logps.narrow(0, 0, count));
                 result.narrow(0, start, count).select(1, 1).copy_(logps.narrow(0, count, count));
@@ -110,12 +110,8 @@ public sealed class DpoTrainer
         public string Stage => DpoTrainer.Stage;
         public int ExampleCount => pairs.Length;
 
-        public MicroBatch Prepare(IReadOnlyList<int> exampleIndices)
-        {
-            var rows = exampleIndices.Select(i => pairs[i]).ToList();
-            var batch = Collator.CollatePreferences(rows, trainer._tokenizer.PadTokenId, trainer._policy.Device);
-            return new MicroBatch(batch, exampleIndices.ToArray(), rows.Count, rows.Sum(r => (long)r.ChosenLength + r.RejectedLength));
-        }
+        public MicroBatch Prepare(IReadOnlyList<int> exampleIndices) =>
+            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer._policy.Device);
 
         public void ForwardBackward(MicroBatch micro, double lossScale, MetricSums sums)
         {

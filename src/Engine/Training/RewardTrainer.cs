@@ -99,12 +99,8 @@ public sealed class RewardTrainer
         public string Stage => RewardTrainer.Stage;
         public int ExampleCount => pairs.Length;
 
-        public MicroBatch Prepare(IReadOnlyList<int> exampleIndices)
-        {
-            var rows = exampleIndices.Select(i => pairs[i]).ToList();
-            var batch = Collator.CollatePreferences(rows, trainer._tokenizer.PadTokenId, trainer.Model.Device);
-            return new MicroBatch(batch, exampleIndices.ToArray(), rows.Count, rows.Sum(r => (long)r.ChosenLength + r.RejectedLength));
-        }
+        public MicroBatch Prepare(IReadOnlyList<int> exampleIndices) =>
+            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer.Model.Device);
 
         public void ForwardBackward(MicroBatch micro, double lossScale, MetricSums sums)
         {

@@ -71,6 +71,15 @@ internal sealed class MicroBatch(object payload, int[] exampleIndices, double no
     /// <summary>Real tokens in the batch (tokens/s).</summary>
     public long Tokens { get; } = tokens;
     public void Dispose() => (Payload as IDisposable)?.Dispose();
+
+    /// <summary>The pairs at <paramref name="exampleIndices"/> collated on <paramref name="device"/>; the loss is averaged
+    /// over pairs (DPO and reward training).</summary>
+    public static MicroBatch OfPairs(TokenizedPair[] pairs, IReadOnlyList<int> exampleIndices, int padTokenId, Device device)
+    {
+        var rows = exampleIndices.Select(i => pairs[i]).ToList();
+        var batch = Collator.CollatePreferences(rows, padTokenId, device);
+        return new MicroBatch(batch, exampleIndices.ToArray(), rows.Count, rows.Sum(r => (long)r.ChosenLength + r.RejectedLength));
+    }
 }
 
 /// <summary>What the shared loop needs from a trainer.</summary>

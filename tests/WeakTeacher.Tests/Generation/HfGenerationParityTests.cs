@@ -1,8 +1,7 @@
 using TorchSharp;
-using WeakTeacher.Engine.Checkpoints;
 using WeakTeacher.Engine.Generation;
 using WeakTeacher.Engine.Models;
-using WeakTeacher.Engine.Runtime;
+using WeakTeacher.Tests.Models;
 using Xunit;
 using static TorchSharp.torch;
 using Generator = WeakTeacher.Engine.Generation.Generator;
@@ -17,22 +16,16 @@ namespace WeakTeacher.Tests.Generation;
 /// </summary>
 public class HfGenerationParityTests
 {
-    public static TheoryData<string> Fixtures => new(Models.Fixtures.ParityNames);
-
-    private static readonly Device TestDevice = Models.Fixtures.Device;
-
-    private static CausalLM LoadModel(string name) => Models.Fixtures.Load(name);
-
-    private static Dictionary<string, Tensor> Expected(string name) => Models.Fixtures.Expected(name);
+    public static TheoryData<string> FixtureNames => new(Fixtures.ParityNames);
 
     private static long[] Flat(Tensor t) => t.cpu().to(ScalarType.Int64).data<long>().ToArray();
 
     [Theory]
-    [MemberData(nameof(Fixtures))]
+    [MemberData(nameof(FixtureNames))]
     public void GreedyGenerationMatchesTransformersTokenForToken(string name)
     {
-        using var model = LoadModel(name);
-        var expected = Expected(name);
+        using var model = Fixtures.Load(name);
+        var expected = Fixtures.Expected(name);
         var ids = expected["gen_input_ids"];
         var mask = expected["gen_attention_mask"];
         var output = expected["gen_output"];
@@ -40,20 +33,20 @@ public class HfGenerationParityTests
         Assert.Equal(6, newTokens);
         // as the fixture script called generate(): pad_token_id = the config's, else 0
         var options = new GenerationOptions { MaxNewTokens = newTokens, MinNewTokens = newTokens, PadTokenId = model.Config.PadTokenId ?? 0 };
-        using var result = Generator.Generate(model, ids.to(TestDevice), mask.to(TestDevice), options);
+        using var result = Generator.Generate(model, ids.to(Fixtures.Device), mask.to(Fixtures.Device), options);
         Assert.Equal(output.shape, result.Sequences.shape);
         Assert.Equal(Flat(output), Flat(result.Sequences));
         foreach (var t in expected.Values) t.Dispose();
     }
 
     [Theory]
-    [MemberData(nameof(Fixtures))]
+    [MemberData(nameof(FixtureNames))]
     public void CachedGenerationEqualsRecomputingEveryStep(string name)
     {
-        using var model = LoadModel(name);
-        var expected = Expected(name);
-        var ids = expected["gen_input_ids"].to(TestDevice);
-        var mask = expected["gen_attention_mask"].to(TestDevice);
+        using var model = Fixtures.Load(name);
+        var expected = Fixtures.Expected(name);
+        var ids = expected["gen_input_ids"].to(Fixtures.Device);
+        var mask = expected["gen_attention_mask"].to(Fixtures.Device);
         var options = new GenerationOptions { MaxNewTokens = 20 };
         using var cached = Generator.Generate(model, ids, mask, options);
         using var recomputed = Generator.Generate(model, ids, mask, options with { UseKvCache = false });
@@ -65,20 +58,20 @@ public class HfGenerationParityTests
     }
 
     [Theory]
-    [MemberData(nameof(Fixtures))]
+    [MemberData(nameof(FixtureNames))]
     public void LeftPaddingDoesNotChangeTheContinuation(string name)
     {
-        using var model = LoadModel(name);
-        var expected = Expected(name);
+        using var model = Fixtures.Load(name);
+        var expected = Fixtures.Expected(name);
         var ids = expected["gen_input_ids"];
         var mask = expected["gen_attention_mask"];
         var options = new GenerationOptions { MaxNewTokens = 8, MinNewTokens = 8 };
-        using var batched = Generator.Generate(model, ids.to(TestDevice), mask.to(TestDevice), options);
+        using var batched = Generator.Generate(model, ids.to(Fixtures.Device), mask.to(Fixtures.Device), options);
         // row 0 of the fixture has two pads in front; alone and unpadded it must continue the same way
         long pads = 2;
         Assert.Equal(new long[] { 0, 0 }, Flat(mask[0].narrow(0, 0, pads)));
         var alone = ids[0].narrow(0, pads, ids.shape[1] - pads).unsqueeze(0);
-        using var single = Generator.Generate(model, alone.to(TestDevice), torch.ones_like(alone).to(TestDevice), options);
+        using var single = Generator.Generate(model, alone.to(Fixtures.Device), torch.ones_like(alone).to(Fixtures.Device), options);
         Assert.Equal(batched.NewTokens[0], single.NewTokens[0]);
         foreach (var t in expected.Values) t.Dispose();
     }

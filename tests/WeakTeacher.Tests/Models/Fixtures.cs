@@ -54,6 +54,10 @@ internal static class Fixtures
     /// <summary>input_ids, attention_mask, response_mask, logits, seq_logps, gen_* of a fixture.</summary>
     public static Dictionary<string, Tensor> Expected(string name) => SafeTensors.Load(Path.Combine(Dir(name), "expected.safetensors"));
 
+    /// <summary>The fixture's input_ids, attention_mask and response_mask on <see cref="Device"/>.</summary>
+    public static (Tensor InputIds, Tensor AttentionMask, Tensor ResponseMask) Inputs(Dictionary<string, Tensor> expected) =>
+        (expected["input_ids"].to(Device), expected["attention_mask"].to(Device), expected["response_mask"].to(Device));
+
     /// <summary>A fresh scratch folder under the temp directory, deleted when disposed.</summary>
     public sealed class TempDir : IDisposable
     {

@@ -20,7 +20,8 @@ public class HfParityTests
         using var model = Fixtures.Load(name);
         var expected = Fixtures.Expected(name);
         using var noGrad = no_grad();
-        var logits = model.Logits(expected["input_ids"].to(Fixtures.Device), expected["attention_mask"].to(Fixtures.Device)).cpu();
+        var (ids, mask, _) = Fixtures.Inputs(expected);
+        var logits = model.Logits(ids, mask).cpu();
         Assert.Equal(expected["logits"].shape, logits.shape);
         var real = expected["attention_mask"].to(float32).unsqueeze(-1);
         double maxDiff = ((logits - expected["logits"]).abs() * real).max().item<float>();
@@ -38,7 +39,7 @@ public class HfParityTests
         var expected = Fixtures.Expected(name);
         using var noGrad = no_grad();
         var ids = expected["input_ids"];
-        var (onIds, onMask, onResponse) = (ids.to(Fixtures.Device), expected["attention_mask"].to(Fixtures.Device), expected["response_mask"].to(Fixtures.Device));
+        var (onIds, onMask, onResponse) = Fixtures.Inputs(expected);
         var result = ResponseLogProbs.ComputeWithTokens(model, onIds, onMask, onResponse);
         var sequence = ResponseLogProbs.Compute(model, onIds, onMask, onResponse).cpu();
         var want = expected["seq_logps"].to(float32);
@@ -70,8 +71,8 @@ public class HfParityTests
         using var scope = NewDisposeScope();
         using var model = Fixtures.Load(name);
         var expected = Fixtures.Expected(name);
-        var sequence = ResponseLogProbs.Compute(model, expected["input_ids"].to(Fixtures.Device),
-            expected["attention_mask"].to(Fixtures.Device), expected["response_mask"].to(Fixtures.Device));
+        var (ids, mask, response) = Fixtures.Inputs(expected);
+        var sequence = ResponseLogProbs.Compute(model, ids, mask, response);
         sequence.sum().backward();
         var grads = model.parameters().Select(p => p.grad).ToList();
         Assert.All(grads, g => Assert.NotNull(g));
