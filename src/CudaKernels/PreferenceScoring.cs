@@ -3,17 +3,109 @@ using static TorchSharp.torch;
 
 namespace WeakTeacher.CudaKernels;
 
-/// <summary>The DPO-family losses, as TRL's DPOTrainer.dpo_loss names them.</summary>
+/// <summary>The DPO-family losses, as TRL's DPOConfig.loss_type names them (trl/trainer/dpo_trainer.py, v1.9.0,
+/// _compute_loss L1433-1563). The first four keep their numbers: the preference kernel switches on them.</summary>
 public enum PreferenceLossType
 {
-    /// <summary>-logsigmoid(beta l) (1 - ls) - logsigmoid(-beta l) ls (DPO; cDPO with label smoothing ls).</summary>
+    /// <summary>-logsigmoid(beta d) (1 - ls) - logsigmoid(-beta d) ls (DPO; cDPO with label smoothing ls, as TRL v0.23 L1083).</summary>
     Sigmoid,
-    /// <summary>(l - 1/(2 beta))^2 (IPO; l is the log-ratio difference, beta is IPO's tau).</summary>
+    /// <summary>(d_avg - 1/(2 beta))^2 with per-token averaged scores (IPO; beta is IPO's tau).</summary>
     Ipo,
-    /// <summary>relu(1 - beta l) (RSO's hinge).</summary>
+    /// <summary>relu(1 - beta d) (RSO's hinge).</summary>
     Hinge,
-    /// <summary>(-logsigmoid(beta l) (1 - ls) + logsigmoid(-beta l) ls) / (1 - 2 ls) (robust DPO).</summary>
+    /// <summary>(-logsigmoid(beta d) (1 - ls) + logsigmoid(-beta d) ls) / (1 - 2 ls) (robust DPO).</summary>
     Robust,
+    /// <summary>EXO-pref: KL(softmax(beta scores) || [1 - eps, eps]) with eps = label smoothing &gt; 0.</summary>
+    ExoPair,
+    /// <summary>NCA: -logsigmoid(beta c) - logsigmoid(-beta c)/2 - logsigmoid(-beta r)/2.</summary>
+    NcaPair,
+    /// <summary>BCO pair: -logsigmoid(beta c) - logsigmoid(-beta r).</summary>
+    BcoPair,
+    /// <summary>SPPO (hard labels): (c - 1/(2 beta))^2 + (r + 1/(2 beta))^2.</summary>
+    SppoHard,
+    /// <summary>AOT: sigmoid loss on sorted policy log-ratios minus sorted reference log-ratios (paired).</summary>
+    Aot,
+    /// <summary>AOT unpaired: sigmoid loss on sorted chosen minus sorted rejected log-ratios.</summary>
+    AotUnpaired,
+    /// <summary>APO-zero: (1 - sigmoid(beta c)) + sigmoid(beta r).</summary>
+    ApoZero,
+    /// <summary>APO-down: sigmoid(beta c) + (1 - sigmoid(beta d)).</summary>
+    ApoDown,
+    /// <summary>DiscoPOP: logistic/exponential blend, mixed by sigmoid(beta d / tau).</summary>
+    Discopop,
+    /// <summary>NLL of the chosen responses (mean over their tokens) as a loss term (MPO's third term).</summary>
+    Sft,
+    /// <summary>Sigmoid loss on per-token averaged scores (length-normalised, SimPO-style).</summary>
+    SigmoidNorm,
+}
+
+/// <summary>The f-divergence regulariser of f-DPO (TRL's f_divergence_type): maps each log-ratio u to a score.</summary>
+public enum FDivergenceType
+{
+    /// <summary>score = u (standard DPO).</summary>
+    ReverseKl,
+    /// <summary>score = -exp(-u).</summary>
+    ForwardKl,
+    /// <summary>score = logsigmoid(u).</summary>
+    JsDivergence,
+    /// <summary>score = exp((alpha - 1) u) / (alpha - 1) (u itself when alpha = 1).</summary>
+    AlphaDivergence,
+}
+
+/// <summary>The loss of a DPO step as TRL's DPOConfig describes it: one or more loss types with weights (MPO), beta,
+/// label smoothing, the f-divergence and the DiscoPOP temperature.</summary>
+public sealed record PreferenceLossSettings
+{
+    public IReadOnlyList<PreferenceLossType> LossTypes { get; init; } = [PreferenceLossType.Sigmoid];
+    /// <summary>One weight per loss type; null = 1 each.</summary>
+    public IReadOnlyList<double>? LossWeights { get; init; }
+    public double Beta { get; init; } = 0.1;
+    public double LabelSmoothing { get; init; }
+    public FDivergenceType FDivergence { get; init; } = FDivergenceType.ReverseKl;
+    public double AlphaDivergenceCoef { get; init; } = 0.5;
+    public double DiscopopTau { get; init; } = 0.05;
+
+    /// <summary>Throws naming the first setting that is out of range.</summary>
+    public void Validate(string owner = nameof(PreferenceLossSettings))
+    {
+        if (LossTypes is null || LossTypes.Count == 0) throw new ArgumentException($"{owner}: loss_type names no loss.");
+        foreach (var t in LossTypes)
+            if (!Enum.IsDefined(t)) throw new ArgumentOutOfRangeException(nameof(LossTypes), t, $"{owner}: unknown loss type.");
+        if (LossWeights is not null && LossWeights.Count != LossTypes.Count)
+            throw new ArgumentException($"{owner}: loss_weights has {LossWeights.Count} weights for {LossTypes.Count} loss types.");
+        if (LossWeights is not null && LossWeights.Any(w => !double.IsFinite(w)))
+            throw new ArgumentException($"{owner}: loss_weights must be finite numbers.");
+        if (!double.IsFinite(Beta) || Beta <= 0)
+            throw new ArgumentOutOfRangeException(nameof(Beta), Beta, $"{owner}: beta must be a finite number > 0.");
+        if (!(LabelSmoothing >= 0 && LabelSmoothing <= 1))
+            throw new ArgumentOutOfRangeException(nameof(LabelSmoothing), LabelSmoothing, $"{owner}: label smoothing must lie in [0, 1].");
+        if (LossTypes.Contains(PreferenceLossType.Robust) && !(LabelSmoothing < 0.5))
+            throw new ArgumentOutOfRangeException(nameof(LabelSmoothing), LabelSmoothing, $"{owner}: label smoothing must lie in [0, 0.5) for the robust loss (it divides by 1 - 2 ls).");
+        if (LossTypes.Contains(PreferenceLossType.ExoPair) && !(LabelSmoothing > 0 && LabelSmoothing < 1))
+            throw new ArgumentOutOfRangeException(nameof(LabelSmoothing), LabelSmoothing, $"{owner}: exo_pair needs label smoothing (its epsilon) in (0, 1); the EXO paper uses 1e-3.");
+        if (!Enum.IsDefined(FDivergence)) throw new ArgumentOutOfRangeException(nameof(FDivergence), FDivergence, $"{owner}: unknown f-divergence.");
+        if (!double.IsFinite(AlphaDivergenceCoef))
+            throw new ArgumentOutOfRangeException(nameof(AlphaDivergenceCoef), AlphaDivergenceCoef, $"{owner}: the alpha-divergence coefficient must be finite.");
+        if (!double.IsFinite(DiscopopTau) || DiscopopTau <= 0)
+            throw new ArgumentOutOfRangeException(nameof(DiscopopTau), DiscopopTau, $"{owner}: discopop_tau must be > 0.");
+    }
+
+    /// <summary>True when a loss needs the response token counts (ipo, sigmoid_norm).</summary>
+    public bool NeedsTokenCounts => LossTypes.Any(t => t is PreferenceLossType.Ipo or PreferenceLossType.SigmoidNorm);
+}
+
+/// <summary>The inputs of <see cref="PreferenceScoring.Loss"/>: per-sequence log-probs [B] (summed over response tokens,
+/// LD-DPO weighted when that is on), plus what some losses need.</summary>
+/// <param name="ChosenTokens">[B] response token counts of the chosen responses (ipo, sigmoid_norm).</param>
+/// <param name="RejectedTokens">[B] response token counts of the rejected responses.</param>
+/// <param name="ChosenNll">Scalar: mean NLL over every chosen response token of the batch (sft).</param>
+/// <param name="PairWeights">[B] WPO weights w_chosen * w_rejected (no gradient flows through them).</param>
+public sealed record PreferenceLossInputs(Tensor PolicyChosen, Tensor PolicyRejected, Tensor ReferenceChosen, Tensor ReferenceRejected)
+{
+    public Tensor? ChosenTokens { get; init; }
+    public Tensor? RejectedTokens { get; init; }
+    public Tensor? ChosenNll { get; init; }
+    public Tensor? PairWeights { get; init; }
 }
 
 /// <param name="Loss">Scalar mean loss, differentiable with respect to the policy (and reference) log-probs.</param>
@@ -34,8 +126,151 @@ public sealed record ImplicitRewardLabels(Tensor RewardA, Tensor RewardB, Tensor
 /// pairs by a DPO teacher's implicit reward. On CUDA each is one kernel launch.</summary>
 public static class PreferenceScoring
 {
-    /// <summary>The DPO-family loss as TRL's DPOTrainer defines it, with l = (pi_c - ref_c) - (pi_r - ref_r), averaged
-    /// over the batch. For IPO, TRL feeds length-averaged log-probs; pass those if that is what you want.</summary>
+    /// <summary>
+    /// The loss of one DPO step as TRL's DPOTrainer._compute_loss (v1.9.0 L1397-1578): the f-divergence maps the
+    /// log-ratios u = policy - reference to scores, each loss type gives a per-pair loss, the loss is
+    /// sum over types of weight * mean(per-pair loss * WPO weight). Rewards are beta * u, as TRL logs them. On CUDA a
+    /// single sigmoid / hinge / robust / ipo loss with reverse KL and no WPO weights is one launch of the preference
+    /// kernel; every other combination runs as differentiable tensor ops on the inputs' device (the same maths,
+    /// autograd for the backward).
+    /// </summary>
+    public static PreferenceLossOutput Loss(PreferenceLossInputs inputs, PreferenceLossSettings settings)
+    {
+        const string op = "PreferenceScoring.Loss";
+        ArgumentNullException.ThrowIfNull(inputs);
+        ArgumentNullException.ThrowIfNull(settings);
+        settings.Validate(op);
+        CheckPairs(op, inputs.PolicyChosen, (inputs.PolicyRejected, nameof(inputs.PolicyRejected)),
+            (inputs.ReferenceChosen, nameof(inputs.ReferenceChosen)), (inputs.ReferenceRejected, nameof(inputs.ReferenceRejected)));
+        if (settings.NeedsTokenCounts)
+        {
+            if (inputs.ChosenTokens is null || inputs.RejectedTokens is null)
+                throw new ArgumentException($"{op}: ipo and sigmoid_norm need the chosen and rejected token counts.");
+            CheckPairs(op, inputs.PolicyChosen, (inputs.ChosenTokens.to(inputs.PolicyChosen.dtype), nameof(inputs.ChosenTokens)),
+                (inputs.RejectedTokens.to(inputs.PolicyChosen.dtype), nameof(inputs.RejectedTokens)));
+        }
+        if (settings.LossTypes.Contains(PreferenceLossType.Sft) && (inputs.ChosenNll is null || inputs.ChosenNll.dim() != 0))
+            throw new ArgumentException($"{op}: the sft loss needs the chosen responses' mean NLL as a scalar.");
+        if (inputs.PairWeights is not null)
+        {
+            CheckPairs(op, inputs.PolicyChosen, (inputs.PairWeights, nameof(inputs.PairWeights)));
+            if (settings.LossTypes.Any(t => t is PreferenceLossType.Aot or PreferenceLossType.AotUnpaired))
+                throw new ArgumentException($"{op}: WPO weighting cannot be used with aot / aot_unpaired (they sort the pairs, which would misalign the weights).");
+        }
+
+        bool single = settings.LossTypes.Count == 1 && (settings.LossWeights is null || settings.LossWeights[0] == 1.0);
+        var type = settings.LossTypes[0];
+        if (single && settings.FDivergence == FDivergenceType.ReverseKl && inputs.PairWeights is null
+            && type is PreferenceLossType.Sigmoid or PreferenceLossType.Hinge or PreferenceLossType.Robust or PreferenceLossType.Ipo
+            && KernelSettings.UseCuda(inputs.PolicyChosen, op))
+        {
+            if (type != PreferenceLossType.Ipo)
+                return DpoLoss(inputs.PolicyChosen, inputs.PolicyRejected, inputs.ReferenceChosen, inputs.ReferenceRejected, type, settings.Beta, settings.LabelSmoothing);
+            // ipo on per-token averages: (u_c / n_c) - (u_r / n_r) = (pi_c / n_c - ref_c / n_c) - (...); rewards stay beta * u
+            var nc = inputs.ChosenTokens!.to(inputs.PolicyChosen.dtype).clamp_min(1);
+            var nr = inputs.RejectedTokens!.to(inputs.PolicyChosen.dtype).clamp_min(1);
+            var averaged = DpoLoss(inputs.PolicyChosen / nc, inputs.PolicyRejected / nr, inputs.ReferenceChosen / nc, inputs.ReferenceRejected / nr,
+                type, settings.Beta, settings.LabelSmoothing);
+            var (c, r) = Rewards(inputs, settings.Beta);
+            return new PreferenceLossOutput(averaged.Loss, c, r, c.gt(r).to(ScalarType.Float32), c - r);
+        }
+        return ReferenceLoss(inputs, settings);
+    }
+
+    private static (Tensor Chosen, Tensor Rejected) Rewards(PreferenceLossInputs inputs, double beta)
+    {
+        using var noGrad = no_grad();
+        var chosen = ((inputs.PolicyChosen - inputs.ReferenceChosen) * beta).detach().to(ScalarType.Float32);
+        var rejected = ((inputs.PolicyRejected - inputs.ReferenceRejected) * beta).detach().to(ScalarType.Float32);
+        return (chosen, rejected);
+    }
+
+    /// <summary>The f-divergence score of log-ratios u (TRL v1.9.0 dpo_trainer.py L1400-1428).</summary>
+    private static Tensor Score(Tensor u, PreferenceLossSettings settings) => settings.FDivergence switch
+    {
+        FDivergenceType.ReverseKl => u,
+        FDivergenceType.ForwardKl => -(-u).exp(),                     // f'(t) = 1 - 1/t, constant dropped
+        FDivergenceType.JsDivergence => nn.functional.logsigmoid(u),   // f'(t) = log(2t / (t + 1)), log 2 dropped
+        _ when Math.Abs(settings.AlphaDivergenceCoef - 1.0) < 1e-6 => u, // alpha -> 1 is reverse KL
+        // f'(t) = (t^(alpha-1) - 1) / (alpha - 1), constant dropped; clamped as TRL so exp stays finite in float32
+        _ => ((u * (settings.AlphaDivergenceCoef - 1.0)).clamp_max(80.0).exp()) * (1.0 / (settings.AlphaDivergenceCoef - 1.0)),
+    };
+
+    /// <summary>Every loss type as tensor ops; autograd gives the backward.</summary>
+    private static PreferenceLossOutput ReferenceLoss(PreferenceLossInputs inputs, PreferenceLossSettings settings)
+    {
+        static Tensor LogSig(Tensor x) => nn.functional.logsigmoid(x);
+        double beta = settings.Beta, ls = settings.LabelSmoothing;
+        var chosenLogratios = inputs.PolicyChosen - inputs.ReferenceChosen;
+        var rejectedLogratios = inputs.PolicyRejected - inputs.ReferenceRejected;
+        var chosenScores = Score(chosenLogratios, settings);
+        var rejectedScores = Score(rejectedLogratios, settings);
+        var delta = chosenScores - rejectedScores;
+        Tensor Averaged() // per-token averaged score difference (L1446-1449, L1552-1555)
+        {
+            var nc = inputs.ChosenTokens!.to(chosenScores.dtype).clamp_min(1);
+            var nr = inputs.RejectedTokens!.to(chosenScores.dtype).clamp_min(1);
+            return chosenScores / nc - rejectedScores / nr;
+        }
+        Tensor SigmoidOf(Tensor d) => -LogSig(d * beta) * (1 - ls) - LogSig(-d * beta) * ls;
+
+        Tensor? loss = null;
+        for (int k = 0; k < settings.LossTypes.Count; k++)
+        {
+            double weight = settings.LossWeights?[k] ?? 1.0;
+            Tensor perPair = settings.LossTypes[k] switch
+            {
+                // L1434 (v0.23.0 L1083 with label smoothing, cDPO)
+                PreferenceLossType.Sigmoid => SigmoidOf(delta),
+                // L1437
+                PreferenceLossType.Hinge => nn.functional.relu(1 - delta * beta),
+                // L1440-1451
+                PreferenceLossType.Ipo => (Averaged() - 1 / (2 * beta)).square(),
+                // L1453-1464: qw (log qw - log(1 - eps)) + ql (log ql - log eps)
+                PreferenceLossType.ExoPair => (delta * beta).sigmoid() * (LogSig(delta * beta) - Math.Log(1 - ls))
+                    + (-delta * beta).sigmoid() * (LogSig(-delta * beta) - Math.Log(ls)),
+                // L1466-1473
+                PreferenceLossType.NcaPair => -LogSig(chosenScores * beta) - 0.5 * LogSig(-chosenScores * beta) - 0.5 * LogSig(-rejectedScores * beta),
+                // L1475-1478
+                PreferenceLossType.Robust => (-LogSig(delta * beta) * (1 - ls) + LogSig(-delta * beta) * ls) / (1 - 2 * ls),
+                // L1480-1483
+                PreferenceLossType.BcoPair => -LogSig(chosenScores * beta) - LogSig(-rejectedScores * beta),
+                // L1485-1492
+                PreferenceLossType.SppoHard => (chosenScores - 0.5 / beta).square() + (rejectedScores + 0.5 / beta).square(),
+                // L1494-1503: sorted policy log-ratios minus sorted reference log-ratios
+                PreferenceLossType.Aot => SigmoidOf((inputs.PolicyChosen - inputs.PolicyRejected).sort(0).Values
+                    - (inputs.ReferenceChosen - inputs.ReferenceRejected).sort(0).Values),
+                // L1505-1512
+                PreferenceLossType.AotUnpaired => SigmoidOf(chosenLogratios.sort(0).Values - rejectedLogratios.sort(0).Values),
+                // L1514-1520 (on the log-ratios, not the f-divergence scores)
+                PreferenceLossType.ApoZero => (1 - (chosenLogratios * beta).sigmoid()) + (rejectedLogratios * beta).sigmoid(),
+                // L1522-1528
+                PreferenceLossType.ApoDown => (chosenLogratios * beta).sigmoid() + (1 - (delta * beta).sigmoid()),
+                // L1530-1540
+                PreferenceLossType.Discopop => Discopop(delta * beta, settings.DiscopopTau),
+                // L1542-1549: the batch's chosen-token NLL, one value per pair
+                PreferenceLossType.Sft => inputs.ChosenNll!.to(delta.dtype).expand(delta.shape[0]),
+                // L1551-1556
+                PreferenceLossType.SigmoidNorm => -LogSig(Averaged() * beta),
+                _ => throw new ArgumentOutOfRangeException(nameof(settings), settings.LossTypes[k], "unknown loss type"),
+            };
+            // L1565-1576: WPO weights (computed without gradient) scale every loss type's per-pair loss
+            if (inputs.PairWeights is not null) perPair = perPair * inputs.PairWeights.detach().to(perPair.dtype);
+            var term = perPair.mean() * weight;
+            loss = loss is null ? term : loss + term;
+        }
+        var (chosen, rejected) = Rewards(inputs, beta);
+        return new PreferenceLossOutput(loss!, chosen, rejected, chosen.gt(rejected).to(ScalarType.Float32), chosen - rejected);
+    }
+
+    private static Tensor Discopop(Tensor logits, double tau)
+    {
+        var modulation = (logits / tau).sigmoid();
+        return -nn.functional.logsigmoid(logits) * (1 - modulation) + (-logits).exp() * modulation;
+    }
+
+    /// <summary>The preference kernel's losses (sigmoid, ipo, hinge, robust) with l = (pi_c - ref_c) - (pi_r - ref_r),
+    /// averaged over the batch. For IPO, TRL feeds length-averaged log-probs; <see cref="Loss"/> does.</summary>
     public static PreferenceLossOutput DpoLoss(Tensor policyChosen, Tensor policyRejected, Tensor referenceChosen, Tensor referenceRejected,
         PreferenceLossType type, double beta, double labelSmoothing = 0.0)
     {
@@ -43,8 +278,8 @@ public static class PreferenceScoring
         CheckPairs(op, policyChosen, (policyRejected, nameof(policyRejected)), (referenceChosen, nameof(referenceChosen)), (referenceRejected, nameof(referenceRejected)));
         if (!double.IsFinite(beta) || beta <= 0)
             throw new ArgumentOutOfRangeException(nameof(beta), beta, $"{op}: beta must be a finite number > 0.");
-        if (!Enum.IsDefined(type))
-            throw new ArgumentOutOfRangeException(nameof(type), type, $"{op}: unknown loss type.");
+        if (type is not (PreferenceLossType.Sigmoid or PreferenceLossType.Ipo or PreferenceLossType.Hinge or PreferenceLossType.Robust))
+            throw new ArgumentOutOfRangeException(nameof(type), type, $"{op}: the preference kernel computes sigmoid, ipo, hinge and robust; use PreferenceScoring.Loss for {type}.");
         if (type == PreferenceLossType.Robust && !(labelSmoothing >= 0 && labelSmoothing < 0.5))
             throw new ArgumentOutOfRangeException(nameof(labelSmoothing), labelSmoothing, $"{op}: label smoothing must lie in [0, 0.5) for the robust loss (it divides by 1 - 2 ls).");
         if (!(labelSmoothing >= 0 && labelSmoothing <= 1))

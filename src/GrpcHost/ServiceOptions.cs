@@ -55,7 +55,7 @@ public sealed class LabelingOptions
     public int MaxBatchSize { get; set; } = 16;
     /// <summary>How long the first pair of a batch waits for more.</summary>
     public int MaxWaitMilliseconds { get; set; } = 20;
-    public int MaxLength { get; set; } = 512;
-    public int MaxPromptLength { get; set; } = 256;
+    public int MaxLength { get; set; } = WeakTeacher.Engine.Data.TokenizationOptions.DefaultMaxLength;
+    public int MaxPromptLength { get; set; } = WeakTeacher.Engine.Data.TokenizationOptions.DefaultMaxPromptLength;
     public string Template { get; set; } = "paper";
 }

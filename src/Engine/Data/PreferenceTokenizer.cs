@@ -14,8 +14,13 @@ public enum TruncationMode
 /// <summary>Length limits as TRL's DPOConfig: <c>max_length</c>, <c>max_prompt_length</c>, <c>truncation_mode</c>.</summary>
 public sealed record TokenizationOptions
 {
-    public int MaxLength { get; init; } = 512;
-    public int MaxPromptLength { get; init; } = 128;
+    /// <summary>The one default of max_length for every path (training, labelling, reward scoring, the host).</summary>
+    public const int DefaultMaxLength = 512;
+    /// <summary>The one default of max_prompt_length for every path.</summary>
+    public const int DefaultMaxPromptLength = 256;
+
+    public int MaxLength { get; init; } = DefaultMaxLength;
+    public int MaxPromptLength { get; init; } = DefaultMaxPromptLength;
     public TruncationMode TruncationMode { get; init; } = TruncationMode.KeepEnd;
 
     internal void Validate()

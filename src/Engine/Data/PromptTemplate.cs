@@ -68,6 +68,19 @@ public sealed class PromptTemplate
         return isRaw ? prompt : Fill(UserFormat, prompt);
     }
 
+    /// <summary>
+    /// Templated context for a prompt string as a file holds it (an evaluation prompt, a pair's prompt): an HH
+    /// transcript is rendered from its turns (kept byte for byte by "hh" and "raw", never wrapped a second time), any
+    /// other text as a single-turn plain prompt. The data reader classifies prompt strings the same way.
+    /// </summary>
+    public string RenderText(string prompt)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        return IsHhTranscript(prompt)
+            ? Render(new PromptSource(PromptKind.HhTranscript, prompt, ParseHhTranscript(prompt)))
+            : Render(prompt);
+    }
+
     /// <summary>Templated context for a prompt as read from a file.</summary>
     public string Render(PromptSource prompt)
     {

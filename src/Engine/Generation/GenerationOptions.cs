@@ -8,6 +8,9 @@ namespace WeakTeacher.Engine.Generation;
 /// </summary>
 public sealed record GenerationOptions
 {
+    /// <summary>transformers' GenerationConfig default top_k.</summary>
+    public const int HfDefaultTopK = 50;
+
     /// <summary>Most tokens to add per sequence.</summary>
     public int MaxNewTokens { get; init; } = 64;
 
@@ -55,7 +58,7 @@ public sealed record GenerationOptions
         DoSample = defaults.DoSample ?? false,
         Temperature = defaults.Temperature ?? 1.0,
         TopP = defaults.TopP ?? 1.0,
-        TopK = defaults.TopK ?? 50,
+        TopK = defaults.TopK ?? HfDefaultTopK,
         EosTokenIds = defaults.EosTokenIds.Count > 0 ? defaults.EosTokenIds : null,
         PadTokenId = defaults.PadTokenId,
     };

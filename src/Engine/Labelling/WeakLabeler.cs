@@ -17,8 +17,8 @@ public sealed record PairLabel(int Label, double RewardA, double RewardB, double
 /// <summary>How pairs are tokenised and labelled.</summary>
 public sealed record LabelingOptions
 {
-    public int MaxLength { get; init; } = 512;
-    public int MaxPromptLength { get; init; } = 256;
+    public int MaxLength { get; init; } = WeakTeacher.Engine.Data.TokenizationOptions.DefaultMaxLength;
+    public int MaxPromptLength { get; init; } = WeakTeacher.Engine.Data.TokenizationOptions.DefaultMaxPromptLength;
     /// <summary>Scale of the confidence sigmoid(beta |margin|) (the teacher's DPO beta; 1 for a reward model).</summary>
     public double Beta { get; init; } = 0.1;
 }
@@ -28,20 +28,23 @@ public sealed record LabellingResult(IReadOnlyList<UnlabelledPair> Pairs, IReadO
 {
     public int KeptCount => Kept.Count(k => k);
 
-    /// <summary>Fraction of kept pairs with a human label where the teacher agrees with it (null when none has one).</summary>
-    public double? HumanAgreement
+    /// <summary>teacher_vs_human: the fraction of all labelled pairs with a human label where the teacher agrees with it
+    /// (the same meaning as in the report's label table); null when none has one.</summary>
+    public double? HumanAgreement => Agreement(keptOnly: false);
+
+    /// <summary>teacher_vs_human_kept: the same over the pairs the margin filter kept (what the student trains on).</summary>
+    public double? KeptHumanAgreement => Agreement(keptOnly: true);
+
+    private double? Agreement(bool keptOnly)
     {
-        get
+        int n = 0, agree = 0;
+        for (int i = 0; i < Pairs.Count; i++)
         {
-            int n = 0, agree = 0;
-            for (int i = 0; i < Pairs.Count; i++)
-            {
-                if (!Kept[i] || Pairs[i].HumanLabel is not int human) continue;
-                n++;
-                if (human == Labels[i].Label) agree++;
-            }
-            return n == 0 ? null : (double)agree / n;
+            if ((keptOnly && !Kept[i]) || Pairs[i].HumanLabel is not int human) continue;
+            n++;
+            if (human == Labels[i].Label) agree++;
         }
+        return n == 0 ? null : (double)agree / n;
     }
 
     /// <summary>The kept pairs as labelled rows with reward_a, reward_b, margin, confidence beside them.</summary>

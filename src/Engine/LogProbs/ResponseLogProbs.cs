@@ -19,6 +19,46 @@ public sealed record ResponseLogProbsResult(Tensor SequenceLogps, Tensor TokenLo
     }
 }
 
+/// <summary>Per-sequence log-probs with the per-token terms TRL's DPO variants need, one row per scored token.</summary>
+/// <param name="SequenceLogps">[B] float32 sum of the response tokens' log-probs (differentiable).</param>
+/// <param name="TokenLogps">[N] float32 log-prob of each scored token (differentiable), sequences in order, tokens in time order.</param>
+/// <param name="SequenceIndex">[N] int64 sequence of each scored token.</param>
+/// <param name="TokenCounts">[B] int64 scored tokens per sequence.</param>
+/// <param name="LogitSums">[B] float32 sum over the sequence's scored positions of the mean logit over the vocabulary
+/// (TRL's logits/chosen numerator; exact as h . mean(W), no logits built). Detached.</param>
+/// <param name="WpoLogWeights">[B] float32 WPO's mean over tokens of log p - log sum_v p_v^2 (null unless asked). Detached.</param>
+public sealed record ResponseLogProbsDetail(Tensor SequenceLogps, Tensor TokenLogps, Tensor SequenceIndex, Tensor TokenCounts,
+    Tensor LogitSums, Tensor? WpoLogWeights) : IDisposable
+{
+    /// <summary>
+    /// [B] log-probs summed over the tokens past the shared length of each pair (LD-DPO's verbose tail), for a batch laid
+    /// out as [chosen; rejected] of <paramref name="pairs"/> pairs: a token at position k (1-based) of its response is
+    /// in the tail when k &gt; min(chosen length, rejected length) (TRL v1.9.0 dpo_trainer.py L1204-1216).
+    /// </summary>
+    public Tensor PairTailLogps(int pairs)
+    {
+        using var scope = NewDisposeScope();
+        var counts = TokenCounts;
+        var starts = counts.cumsum(0) - counts;                                         // first row of each sequence
+        var position = arange(TokenLogps.shape[0], int64, TokenLogps.device) - starts.index_select(0, SequenceIndex) + 1;
+        var shared = minimum(counts.narrow(0, 0, pairs), counts.narrow(0, pairs, pairs));
+        var sharedPerRow = cat([shared, shared]).index_select(0, SequenceIndex);
+        var tail = zeros(counts.shape[0], float32, TokenLogps.device)
+            .index_add(0, SequenceIndex, TokenLogps * position.gt(sharedPerRow).to(float32), 1);
+        return tail.MoveToOuterDisposeScope();
+    }
+
+    public void Dispose()
+    {
+        SequenceLogps.Dispose();
+        TokenLogps.Dispose();
+        SequenceIndex.Dispose();
+        TokenCounts.Dispose();
+        LogitSums.Dispose();
+        WpoLogWeights?.Dispose();
+    }
+}
+
 /// <summary>
 /// Log-probabilities of given responses under a model: the engine's hot path (DPO policy and reference log-probs,
 /// labelling, evaluation, the gRPC host). Only response positions go through the output head, fused with the
@@ -51,7 +91,56 @@ public static class ResponseLogProbs
         return new ResponseLogProbsResult(sequence.MoveToOuterDisposeScope(), perToken.MoveToOuterDisposeScope(), counts.MoveToOuterDisposeScope());
     }
 
+    /// <summary>
+    /// As <see cref="Compute"/>, with the per-token terms of <see cref="ResponseLogProbsDetail"/>. The mean logit of a
+    /// row is h . mean_v(W) (the head has no bias), so TRL's logits metrics cost one [N, H] x [H] product. WPO's
+    /// log sum_v p_v^2 needs each row's logsumexp of logits and of 2 * logits: with <paramref name="wpo"/> the rows go
+    /// through the head once more, without gradient, in blocks of <see cref="FusedHeadLogProbs.AutoChunkRows"/>.
+    /// </summary>
+    public static ResponseLogProbsDetail ComputeDetailed(CausalLM model, Tensor inputIds, Tensor attentionMask, Tensor responseMask, bool wpo = false)
+    {
+        using var scope = NewDisposeScope();
+        var (sequence, tokens, rowIndex, counts, rows) = RunWithRows(model, inputIds, attentionMask, responseMask);
+        long b = inputIds.shape[0], t = inputIds.shape[1];
+        var sequenceIndex = rowIndex.div(t, rounding_mode: RoundingMode.floor);
+        Tensor logitSums, wpoLog;
+        using (no_grad())
+        {
+            var weight = model.OutputWeight.detach();
+            var detachedRows = rows.detach();
+            var meanLogit = detachedRows.to(float32).matmul(weight.to(float32).mean([0]));                 // [N]
+            logitSums = zeros(b, float32, sequence.device).index_add(0, sequenceIndex, meanLogit, 1);
+            wpoLog = null!;
+            if (wpo)
+            {
+                // Eq. (2) of WPO (TRL L1565-1576): mean over tokens of log p(y_t) - log sum_v p_v^2, where
+                // log sum_v p_v^2 = logsumexp(2 z) - 2 logsumexp(z)
+                long n = detachedRows.shape[0];
+                var denominator = empty(n, float32, sequence.device);
+                int block = FusedHeadLogProbs.AutoChunkRows(n, weight.shape[0]);
+                for (long start = 0; start < n; start += block)
+                {
+                    using var blockScope = NewDisposeScope();
+                    long count = Math.Min(block, n - start);
+                    var logits = detachedRows.narrow(0, start, count).matmul(weight.t()).to(float32);
+                    denominator.narrow(0, start, count).copy_(logits.mul(2).logsumexp(1) - logits.logsumexp(1) * 2);
+                }
+                var aligned = tokens.detach() - denominator;
+                wpoLog = zeros(b, float32, sequence.device).index_add(0, sequenceIndex, aligned, 1) / counts.clamp_min(1).to(float32);
+            }
+        }
+        return new ResponseLogProbsDetail(sequence.MoveToOuterDisposeScope(), tokens, sequenceIndex.MoveToOuterDisposeScope(),
+            counts.MoveToOuterDisposeScope(), logitSums.MoveToOuterDisposeScope(), wpo ? wpoLog.MoveToOuterDisposeScope() : null);
+    }
+
     private static (Tensor Sequence, Tensor Tokens, Tensor RowIndex, Tensor Counts) Run(CausalLM model, Tensor inputIds,
+        Tensor attentionMask, Tensor responseMask)
+    {
+        var (sequence, tokens, rowIndex, counts, _) = RunWithRows(model, inputIds, attentionMask, responseMask);
+        return (sequence, tokens, rowIndex, counts);
+    }
+
+    private static (Tensor Sequence, Tensor Tokens, Tensor RowIndex, Tensor Counts, Tensor Rows) RunWithRows(CausalLM model, Tensor inputIds,
         Tensor attentionMask, Tensor responseMask)
     {
         if (inputIds.dim() != 2)
@@ -78,6 +167,6 @@ public static class ResponseLogProbs
         // so the raw outputs must outlive this call even when only the sequence sums are used: leave them to the GC
         tokens.DetachFromDisposeScope();
         var counts = scored.sum(1, type: int64);
-        return (sequence, tokens, rowIndex, counts);
+        return (sequence, tokens, rowIndex, counts, rows);
     }
 }

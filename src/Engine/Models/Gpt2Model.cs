@@ -32,7 +32,7 @@ internal sealed class Gpt2Transformer : nn.Module
     public Embedding wte, wpe;
     public ModuleList<Gpt2Block> h;
     public LayerNorm ln_f;
-    private readonly double _embeddingDropout;
+    public Dropout drop;
 
     public Gpt2Transformer(ModelConfig config) : base("GPT2Model")
     {
@@ -40,7 +40,7 @@ internal sealed class Gpt2Transformer : nn.Module
         wpe = nn.Embedding(config.MaxPositionEmbeddings, config.HiddenSize);
         h = nn.ModuleList(Enumerable.Range(0, config.NumHiddenLayers).Select(i => new Gpt2Block(config, i)).ToArray());
         ln_f = nn.LayerNorm(config.HiddenSize, config.NormEps);
-        _embeddingDropout = config.EmbeddingDropout;
+        drop = nn.Dropout(config.EmbeddingDropout);
         RegisterComponents();
     }
 
@@ -50,7 +50,7 @@ internal sealed class Gpt2Transformer : nn.Module
         long length = inputIds.shape[1];
         var positions = Attention.Positions(attentionMask, length);
         var hidden = wte.forward(inputIds) + wpe.forward(positions);
-        hidden = nn.functional.dropout(hidden, _embeddingDropout, training);
+        hidden = drop.forward(hidden);
         var mask = Attention.CausalPaddingMask(attentionMask, length);
         for (int i = 0; i < h.Count; i++) hidden = h[i].Forward(hidden, mask, cache, i);
         return ln_f.forward(hidden).MoveToOuterDisposeScope();
@@ -61,7 +61,7 @@ internal sealed class Gpt2Attention : nn.Module
 {
     public Projection c_attn, c_proj;
     private readonly long _embed, _heads, _headDim;
-    private readonly double _attnDropout, _residDropout;
+    public Dropout attn_dropout, resid_dropout;
     /// <summary>Extra factor on q so that SDPA's 1/sqrt(D) becomes GPT-2's configured scaling.</summary>
     private readonly double _queryScale;
     private readonly bool _upcast;
@@ -73,8 +73,8 @@ internal sealed class Gpt2Attention : nn.Module
         _headDim = _embed / _heads;
         c_attn = new Projection(_embed, 3 * _embed, hasBias: true, fanInFanOut: true);
         c_proj = new Projection(_embed, _embed, hasBias: true, fanInFanOut: true);
-        _attnDropout = config.AttentionDropout;
-        _residDropout = config.ResidDropout;
+        attn_dropout = nn.Dropout(config.AttentionDropout);
+        resid_dropout = nn.Dropout(config.ResidDropout);
         double scale = 1.0;
         if (!config.ScaleAttnWeights) scale *= Math.Sqrt(_headDim);
         if (config.ScaleAttnByInverseLayerIdx) scale /= layerIndex + 1;
@@ -95,25 +95,25 @@ internal sealed class Gpt2Attention : nn.Module
         var dtype = q.dtype;
         // reorder_and_upcast_attn: scores and softmax in fp32 for stability of half-precision training
         var attended = _upcast && dtype != float32
-            ? Attention.ScaledDotProduct(q.to(float32), k.to(float32), v.to(float32), mask, training ? _attnDropout : 0.0).to(dtype)
-            : Attention.ScaledDotProduct(q, k, v, mask, training ? _attnDropout : 0.0);
+            ? Attention.ScaledDotProduct(q.to(float32), k.to(float32), v.to(float32), mask, training ? attn_dropout.p : 0.0).to(dtype)
+            : Attention.ScaledDotProduct(q, k, v, mask, training ? attn_dropout.p : 0.0);
         var output = c_proj.forward(Attention.MergeHeads(attended));
-        return nn.functional.dropout(output, _residDropout, training).MoveToOuterDisposeScope();
+        return resid_dropout.forward(output).MoveToOuterDisposeScope();
     }
 }
 
 internal sealed class Gpt2Mlp : nn.Module
 {
     public Projection c_fc, c_proj;
+    public Dropout dropout;
     private readonly string _activation;
-    private readonly double _dropout;
 
     public Gpt2Mlp(ModelConfig config) : base("GPT2MLP")
     {
         c_fc = new Projection(config.HiddenSize, config.ResolvedIntermediateSize, hasBias: true, fanInFanOut: true);
         c_proj = new Projection(config.ResolvedIntermediateSize, config.HiddenSize, hasBias: true, fanInFanOut: true);
         _activation = config.HiddenAct;
-        _dropout = config.ResidDropout;
+        dropout = nn.Dropout(config.ResidDropout);
         RegisterComponents();
     }
 
@@ -121,7 +121,7 @@ internal sealed class Gpt2Mlp : nn.Module
     {
         using var scope = NewDisposeScope();
         var output = c_proj.forward(Activations.Apply(_activation, c_fc.forward(hidden)));
-        return nn.functional.dropout(output, _dropout, training).MoveToOuterDisposeScope();
+        return dropout.forward(output).MoveToOuterDisposeScope();
     }
 }
 

@@ -146,15 +146,15 @@ internal sealed class LlamaBase : nn.Module
 internal sealed class LlamaAttention : nn.Module
 {
     public Projection q_proj, k_proj, v_proj, o_proj;
+    public Dropout attention_dropout;
     private readonly long _heads, _kvHeads, _headDim;
-    private readonly double _dropout;
 
     public LlamaAttention(ModelConfig config) : base("LlamaAttention")
     {
         _heads = config.NumAttentionHeads;
         _kvHeads = config.ResolvedNumKeyValueHeads;
         _headDim = config.ResolvedHeadDim;
-        _dropout = config.AttentionDropout;
+        attention_dropout = nn.Dropout(config.AttentionDropout);
         q_proj = new Projection(config.HiddenSize, _heads * _headDim, config.AttentionBias);
         k_proj = new Projection(config.HiddenSize, _kvHeads * _headDim, config.AttentionBias);
         v_proj = new Projection(config.HiddenSize, _kvHeads * _headDim, config.AttentionBias);
@@ -169,7 +169,7 @@ internal sealed class LlamaAttention : nn.Module
         var k = Rope.Apply(Attention.SplitHeads(k_proj.forward(hidden), _kvHeads, _headDim), cos, sin);
         var v = Attention.SplitHeads(v_proj.forward(hidden), _kvHeads, _headDim);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);
-        var attended = Attention.ScaledDotProduct(q, k, v, mask, training ? _dropout : 0.0);
+        var attended = Attention.ScaledDotProduct(q, k, v, mask, training ? attention_dropout.p : 0.0);
         return o_proj.forward(Attention.MergeHeads(attended)).MoveToOuterDisposeScope();
     }
 }

@@ -85,15 +85,16 @@ internal sealed class OptDecoder : nn.Module
 internal sealed class OptAttention : nn.Module
 {
     public Projection q_proj, k_proj, v_proj, out_proj;
+    // transformers keeps OPT's rates as floats; modules here so train()/eval() and disable_dropout reach them
+    public Dropout attention_dropout;
     private readonly long _heads, _headDim;
-    private readonly double _dropout;
 
     public OptAttention(ModelConfig config) : base("OPTAttention")
     {
         long h = config.HiddenSize;
         _heads = config.NumAttentionHeads;
         _headDim = h / _heads;
-        _dropout = config.AttentionDropout;
+        attention_dropout = nn.Dropout(config.AttentionDropout);
         k_proj = new Projection(h, h, config.EnableBias);
         v_proj = new Projection(h, h, config.EnableBias);
         q_proj = new Projection(h, h, config.EnableBias);
@@ -108,7 +109,7 @@ internal sealed class OptAttention : nn.Module
         var k = Attention.SplitHeads(k_proj.forward(hidden), _heads, _headDim);
         var v = Attention.SplitHeads(v_proj.forward(hidden), _heads, _headDim);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);
-        var attended = Attention.ScaledDotProduct(q, k, v, mask, training ? _dropout : 0.0);
+        var attended = Attention.ScaledDotProduct(q, k, v, mask, training ? attention_dropout.p : 0.0);
         return out_proj.forward(Attention.MergeHeads(attended)).MoveToOuterDisposeScope();
     }
 }
@@ -119,8 +120,8 @@ internal sealed class OptDecoderLayer : nn.Module
     public LayerNorm self_attn_layer_norm;
     public Projection fc1, fc2;
     public LayerNorm final_layer_norm;
+    public Dropout dropout;
     private readonly bool _normBefore;
-    private readonly double _dropout;
     private readonly string _activation;
 
     public OptDecoderLayer(ModelConfig config) : base("OPTDecoderLayer")
@@ -131,7 +132,7 @@ internal sealed class OptDecoderLayer : nn.Module
         fc2 = new Projection(config.ResolvedIntermediateSize, config.HiddenSize, config.EnableBias);
         final_layer_norm = nn.LayerNorm(config.HiddenSize, elementwise_affine: config.LayerNormElementwiseAffine);
         _normBefore = config.DoLayerNormBefore;
-        _dropout = config.ResidDropout;
+        dropout = nn.Dropout(config.ResidDropout);
         _activation = config.HiddenAct;
         RegisterComponents();
     }
@@ -143,14 +144,14 @@ internal sealed class OptDecoderLayer : nn.Module
         var residual = hidden;
         if (_normBefore) hidden = self_attn_layer_norm.forward(hidden);
         hidden = self_attn.Forward(hidden, mask, cache, layer);
-        hidden = residual + nn.functional.dropout(hidden, _dropout, training);
+        hidden = residual + dropout.forward(hidden);
         if (!_normBefore) hidden = self_attn_layer_norm.forward(hidden);
 
         // feed-forward block
         residual = hidden;
         if (_normBefore) hidden = final_layer_norm.forward(hidden);
         hidden = fc2.forward(Activations.Apply(_activation, fc1.forward(hidden)));
-        hidden = residual + nn.functional.dropout(hidden, _dropout, training);
+        hidden = residual + dropout.forward(hidden);
         if (!_normBefore) hidden = final_layer_norm.forward(hidden);
         return hidden.MoveToOuterDisposeScope();
     }

@@ -15,7 +15,7 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     public Parameter? bias;
     private Linear? lora_A;
     private Linear? lora_B;
-    private Dropout? _loraDropout;
+    private Dropout? lora_dropout;
 
     public Projection(long inFeatures, long outFeatures, bool hasBias, bool fanInFanOut = false) : base("Projection")
     {
@@ -43,7 +43,7 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
             : nn.functional.linear(x, weight, bias);
         if (lora_A is null || lora_B is null) return y;
         using var scope = NewDisposeScope();
-        var update = lora_B.forward(lora_A.forward(_loraDropout!.forward(x))) * LoraScaling;
+        var update = lora_B.forward(lora_A.forward(lora_dropout!.forward(x))) * LoraScaling;
         return (y + update).MoveToOuterDisposeScope();
     }
 
@@ -73,9 +73,12 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
             lora_A.weight!.copy_((rand(lora_A.weight!.shape, ScalarType.Float32, generator: generator) * (2 * bound) - bound).to(dtype, device));
             lora_B.weight!.zero_();
         }
-        _loraDropout = nn.Dropout(dropout);
+        // a registered child (PEFT's lora_dropout), so train()/eval() and disable_dropout reach it
+        lora_dropout = nn.Dropout(dropout);
+        lora_dropout.train(training);
         LoraRank = rank;
         LoraScaling = alpha / rank;
+        register_module("lora_dropout", lora_dropout);
         register_module("lora_A", lora_A);
         register_module("lora_B", lora_B);
         weight.requires_grad = false;
@@ -100,11 +103,13 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     {
         lora_A?.Dispose();
         lora_B?.Dispose();
+        lora_dropout?.Dispose();
         lora_A = lora_B = null;
-        _loraDropout = null;
+        lora_dropout = null;
         LoraRank = 0;
         LoraScaling = 0;
         // re-register the remaining parameters only (TorchSharp has no unregister)
+        _internal_submodules.Remove("lora_dropout");
         _internal_submodules.Remove("lora_A");
         _internal_submodules.Remove("lora_B");
     }

@@ -62,6 +62,8 @@ public sealed record PipelineConfig
         public string GoldScorer { get; init; } = "synthetic";
         public double Temperature { get; init; } = 0.7;
         public double TopP { get; init; } = 1.0;
+        /// <summary>transformers' default top_k for sampling (0 = no limit).</summary>
+        public int TopK { get; init; } = Generation.GenerationOptions.HfDefaultTopK;
         public int MaxNewTokens { get; init; } = 256;
         public int BatchSize { get; init; } = 16;
         public long Seed { get; init; } = 1234;

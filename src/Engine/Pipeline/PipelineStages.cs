@@ -32,7 +32,8 @@ public static class PipelineStages
     public static StageResult TrainTeacher(TrainTeacherRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(request);
-        if (TryReadResult(workDir) is { } done) return done;
+        var settings = StageFingerprint.Of(request, "base_model_dir", "labelled_data_path");
+        if (TryReadResult(workDir, settings, out string? redo) is { } done) return done;
         var device = TorchDevice.Initialize(request.Device);
         var template = PromptTemplate.Get(request.Template);
         var examples = ReadPreferences(request.LabelledDataPath, template, request.SkipInvalidRows);
@@ -60,7 +61,7 @@ public static class PipelineStages
             TeacherManifest.Write(workDir, new TeacherManifest(TeacherMethod.Dpo, dpo.ModelDir, sft.ModelDir, null, request.Dpo.Beta));
         }
         artifacts["teacher"] = workDir;
-        return WriteResult(workDir, new StageResult(artifacts, metrics));
+        return WriteResult(workDir, new StageResult(artifacts, metrics), settings, redo);
     }
 
     /// <summary>Labels D_u with a trained teacher; writes the labelled set in the input's own format plus rewards and margins.</summary>
@@ -70,7 +71,8 @@ public static class PipelineStages
     public static StageResult Label(LabelRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(request);
-        if (TryReadResult(workDir) is { } done) return done;
+        var settings = StageFingerprint.Of(request, "teacher_dir", "unlabelled_data_path");
+        if (TryReadResult(workDir, settings, out string? redo) is { } done) return done;
         var device = TorchDevice.Initialize(request.Device);
         var template = PromptTemplate.Get(request.Template);
         var pairs = PreferenceDataReader.ReadUnlabelled(request.UnlabelledDataPath, new DataReadOptions { SkipInvalidRows = request.SkipInvalidRows })
@@ -94,8 +96,11 @@ public static class PipelineStages
             ["margin_threshold"] = result.MarginThreshold,
             ["pairs_per_second"] = pairs.Count / Math.Max(clock.Elapsed.TotalSeconds, 1e-9),
         };
+        // one name, one meaning: teacher_vs_human over every pair (as the report's label table), _kept over the kept ones
         if (result.HumanAgreement is { } agreement) metrics["teacher_vs_human"] = agreement;
-        return WriteResult(workDir, new StageResult(new Dictionary<string, string> { ["labelled"] = labelledPath, ["labels"] = labelsPath }, metrics));
+        if (result.KeptHumanAgreement is { } kept) metrics["teacher_vs_human_kept"] = kept;
+        return WriteResult(workDir, new StageResult(new Dictionary<string, string> { ["labelled"] = labelledPath, ["labels"] = labelsPath }, metrics),
+            settings, redo);
     }
 
     /// <summary>Aligns a student on a labelled set: SFT on the chosen responses, then DPO with the SFT model as reference.</summary>
@@ -105,7 +110,8 @@ public static class PipelineStages
     public static StageResult Align(AlignRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(request);
-        if (TryReadResult(workDir) is { } done) return done;
+        var settings = StageFingerprint.Of(request, "base_model_dir", "labelled_data_path");
+        if (TryReadResult(workDir, settings, out string? redo) is { } done) return done;
         var device = TorchDevice.Initialize(request.Device);
         var template = PromptTemplate.Get(request.Template);
         var examples = ReadPreferences(request.LabelledDataPath, template, request.SkipInvalidRows);
@@ -115,7 +121,7 @@ public static class PipelineStages
             progress, "student", ct);
         var artifacts = new Dictionary<string, string> { ["sft"] = sft.ModelDir!, ["model"] = dpo.ModelDir! };
         if (dpo.AdapterDir is not null) artifacts["adapter"] = dpo.AdapterDir;
-        return WriteResult(workDir, new StageResult(artifacts, metrics));
+        return WriteResult(workDir, new StageResult(artifacts, metrics), settings, redo);
     }
 
     /// <summary>Generates for held-out prompts with each model and scores the answers with the gold scorer.</summary>
@@ -126,11 +132,15 @@ public static class PipelineStages
     {
         ArgumentNullException.ThrowIfNull(request);
         if (request.Models.Count == 0) throw new ArgumentException("Evaluate needs at least one model.", nameof(request));
-        if (TryReadResult(workDir) is { } done) return done;
+        var settings = StageFingerprint.Of(request, "models.", "prompts_path", "gold_scorer");
+        if (TryReadResult(workDir, settings, out string? redo) is { } done) return done;
+        // generations of another request (other models or sampling) must not be picked up as if complete
+        if (redo is not null && Directory.Exists(workDir))
+            foreach (var stale in Directory.GetFiles(workDir, "generations-*.jsonl")) File.Delete(stale);
         var device = TorchDevice.Initialize(request.Device);
         var template = PromptTemplate.Get(request.Template);
         var prompts = PromptFile.Read(request.PromptsPath);
-        using var gold = GoldScorers.Open(request.GoldScorer, device);
+        using var gold = GoldScorers.Open(request.GoldScorer, device, request.Template);
         Directory.CreateDirectory(workDir);
         var artifacts = new Dictionary<string, string>();
         var metrics = new Dictionary<string, double>();
@@ -141,7 +151,7 @@ public static class PipelineStages
             ct.ThrowIfCancellationRequested();
             string generationsPath = Path.Combine(workDir, $"generations-{name}.jsonl");
             var answers = Generations.ReadIfComplete(generationsPath, prompts.Count)
-                ?? Generate(modelDir, prompts.Select(template.Render).ToList(), request, device);
+                ?? Generate(modelDir, prompts.Select(template.RenderText).ToList(), request, device);
             var scores = gold.Scorer.ScoreBatch(prompts.Zip(answers, (p, a) => (p, a)).ToList());
             Generations.Write(generationsPath, prompts, answers, scores);
             var score = StudentScores.Compute(name, scores);
@@ -156,7 +166,7 @@ public static class PipelineStages
             foreach (var (b, rb) in rewards)
                 if (string.CompareOrdinal(a, b) < 0)
                     metrics[$"win_rate/{a}_vs_{b}"] = WinRate.Compute(ra, rb).Rate;
-        return WriteResult(workDir, new StageResult(artifacts, metrics));
+        return WriteResult(workDir, new StageResult(artifacts, metrics), settings, redo);
     }
 
     // ---- shared pieces ------------------------------------------------------------------------------------------
@@ -178,22 +188,24 @@ public static class PipelineStages
     internal static TrainResult Sft(string baseModelDir, IReadOnlyList<SftExample> examples, SftConfig config, string outputDir, Device device,
         ITokenizer tokenizer, IProgress<JobProgress>? progress, CancellationToken ct)
     {
-        if (TryReadTrainResult(outputDir) is { } done) return done;
+        var settings = StageFingerprint.OfTraining(config, baseModelDir, examples.Select(e => new[] { e.Prompt, e.Response }));
+        if (TryReadTrainResult(outputDir, settings, out string? redo) is { } done) return done;
         using var model = PretrainedModel.Load(baseModelDir, new ModelLoadOptions { Device = device });
         var result = new SftTrainer(model, tokenizer, config, baseModelDir).Train(examples, outputDir, progress, ct);
         ThrowIfIncomplete(result, ct);
-        return WriteTrainResult(outputDir, result);
+        return WriteTrainResult(outputDir, result, settings, redo);
     }
 
     internal static TrainResult Dpo(string sftModelDir, IReadOnlyList<PreferenceExample> examples, DpoConfig config, string outputDir,
         Device device, ITokenizer tokenizer, IProgress<JobProgress>? progress, CancellationToken ct)
     {
-        if (TryReadTrainResult(outputDir) is { } done) return done;
+        var settings = StageFingerprint.OfTraining(config, sftModelDir, examples.Select(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
+        if (TryReadTrainResult(outputDir, settings, out string? redo) is { } done) return done;
         var reference = ReferenceModel.FromDirectory(sftModelDir, new ModelLoadOptions { Device = device });
         using var policy = PretrainedModel.Load(sftModelDir, new ModelLoadOptions { Device = device });
         var result = new DpoTrainer(policy, tokenizer, config, reference, sftModelDir).Train(examples, outputDir, progress, ct);
         ThrowIfIncomplete(result, ct);
-        return WriteTrainResult(outputDir, result);
+        return WriteTrainResult(outputDir, result, settings, redo);
     }
 
     private static IReadOnlyList<string> Generate(string modelDir, IReadOnlyList<string> renderedPrompts, EvaluateRequest request, Device device)
@@ -201,16 +213,19 @@ public static class PipelineStages
         using var model = PretrainedModel.Load(modelDir, new ModelLoadOptions { Device = device });
         model.eval();
         var tokenizer = HfTokenizer.Load(modelDir);
-        var options = new GenerationOptions
-        {
-            MaxNewTokens = request.MaxNewTokens,
-            DoSample = request.Temperature > 0,
-            Temperature = request.Temperature > 0 ? request.Temperature : 1.0,
-            TopP = request.TopP,
-            Seed = request.Seed,
-        };
-        return Generation.Generator.GenerateText(model, tokenizer, renderedPrompts, options, request.BatchSize);
+        return Generation.Generator.GenerateText(model, tokenizer, renderedPrompts, SamplingOptions(request), request.BatchSize);
     }
+
+    /// <summary>How an evaluation samples: temperature 0 is greedy, else sampling with top_k (HF's default 50) and top_p.</summary>
+    internal static GenerationOptions SamplingOptions(EvaluateRequest request) => new()
+    {
+        MaxNewTokens = request.MaxNewTokens,
+        DoSample = request.Temperature > 0,
+        Temperature = request.Temperature > 0 ? request.Temperature : 1.0,
+        TopP = request.TopP,
+        TopK = request.TopK,
+        Seed = request.Seed,
+    };
 
     internal static List<PreferenceExample> ReadPreferences(string path, PromptTemplate template, bool skipInvalidRows)
     {
@@ -236,39 +251,57 @@ public static class PipelineStages
             if (key is not "step" and not "epoch") metrics[$"{prefix}/{key}"] = value;
     }
 
-    // A finished (sub-)stage leaves its result file; a rerun with the same folder returns it instead of redoing the work.
-    private static StageResult? TryReadResult(string workDir)
+    // A finished (sub-)stage leaves its result file with the settings it was made from; a rerun with the same folder and
+    // settings returns it instead of redoing the work, a rerun with other settings redoes it (the file then says which
+    // setting differed).
+    private static StageResult? TryReadResult(string workDir, SortedDictionary<string, string> settings, out string? redo)
     {
+        redo = null;
         string path = Path.Combine(workDir, ResultFile);
         if (!File.Exists(path)) return null;
         var stored = JsonSerializer.Deserialize<StoredResult>(File.ReadAllText(path))!;
+        redo = StageFingerprint.Mismatch(stored.Settings, settings);
+        if (redo is not null)
+        {
+            File.Delete(path);
+            return null;
+        }
         return new StageResult(stored.Artifacts, stored.Metrics);
     }
 
-    private static StageResult WriteResult(string workDir, StageResult result)
+    private static StageResult WriteResult(string workDir, StageResult result, SortedDictionary<string, string> settings, string? redoneBecause)
     {
         Directory.CreateDirectory(workDir);
         AtomicFile.WriteAllText(Path.Combine(workDir, ResultFile),
-            JsonSerializer.Serialize(new StoredResult(new(result.Artifacts), new(result.Metrics.Where(m => double.IsFinite(m.Value)))), Indented));
+            JsonSerializer.Serialize(new StoredResult(new(result.Artifacts), new(result.Metrics.Where(m => double.IsFinite(m.Value))))
+                { Settings = settings, RedoneBecause = redoneBecause }, Indented));
         return result;
     }
 
     private const string TrainDoneFile = "train-result.json";
 
-    private static TrainResult? TryReadTrainResult(string outputDir)
+    private static TrainResult? TryReadTrainResult(string outputDir, SortedDictionary<string, string> settings, out string? redo)
     {
+        redo = null;
         string path = Path.Combine(outputDir, TrainDoneFile);
         if (!File.Exists(path)) return null;
         var stored = JsonSerializer.Deserialize<StoredTrain>(File.ReadAllText(path))!;
+        redo = StageFingerprint.Mismatch(stored.Settings, settings);
+        if (redo is not null)
+        {
+            File.Delete(path);
+            return null;
+        }
         return new TrainResult(stored.GlobalStep, stored.GlobalStep, true, null, stored.LogHistory, outputDir, null, stored.ModelDir,
             stored.AdapterDir, TimeSpan.Zero);
     }
 
-    private static TrainResult WriteTrainResult(string outputDir, TrainResult result)
+    private static TrainResult WriteTrainResult(string outputDir, TrainResult result, SortedDictionary<string, string> settings, string? redoneBecause)
     {
         var history = result.LogHistory.Select(h => h.Where(kv => double.IsFinite(kv.Value)).ToDictionary()).ToList();
         AtomicFile.WriteAllText(Path.Combine(outputDir, TrainDoneFile),
-            JsonSerializer.Serialize(new StoredTrain(result.GlobalStep, result.ModelDir, result.AdapterDir, history), Indented));
+            JsonSerializer.Serialize(new StoredTrain(result.GlobalStep, result.ModelDir, result.AdapterDir, history)
+                { Settings = settings, RedoneBecause = redoneBecause }, Indented));
         // a finished sub-stage is never resumed again: its resumable checkpoints (weights + optimizer state) only cost
         // disk, and a teacher folder served as a model would carry them along
         foreach (var checkpoint in Directory.GetDirectories(outputDir, "checkpoint-*")) Directory.Delete(checkpoint, recursive: true);
@@ -304,7 +337,15 @@ public static class PipelineStages
 
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
-    private sealed record StoredResult(Dictionary<string, string> Artifacts, Dictionary<string, double> Metrics);
+    private sealed record StoredResult(Dictionary<string, string> Artifacts, Dictionary<string, double> Metrics)
+    {
+        public SortedDictionary<string, string>? Settings { get; init; }
+        public string? RedoneBecause { get; init; }
+    }
 
-    private sealed record StoredTrain(int GlobalStep, string? ModelDir, string? AdapterDir, List<Dictionary<string, double>> LogHistory);
+    private sealed record StoredTrain(int GlobalStep, string? ModelDir, string? AdapterDir, List<Dictionary<string, double>> LogHistory)
+    {
+        public SortedDictionary<string, string>? Settings { get; init; }
+        public string? RedoneBecause { get; init; }
+    }
 }

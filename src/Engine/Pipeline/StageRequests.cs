@@ -28,8 +28,8 @@ public sealed record LabelRequest
     /// <summary>Keep only pairs whose |margin| is at or above this quantile (0 = keep all, as the paper).</summary>
     public double MarginQuantile { get; init; }
     public int BatchSize { get; init; } = 16;
-    public int MaxLength { get; init; } = 512;
-    public int MaxPromptLength { get; init; } = 256;
+    public int MaxLength { get; init; } = WeakTeacher.Engine.Data.TokenizationOptions.DefaultMaxLength;
+    public int MaxPromptLength { get; init; } = WeakTeacher.Engine.Data.TokenizationOptions.DefaultMaxPromptLength;
     public string Template { get; init; } = "paper";
     /// <summary>Skip rows that do not parse (counted, reported) instead of failing on the first.</summary>
     public bool SkipInvalidRows { get; init; }
@@ -59,6 +59,8 @@ public sealed record EvaluateRequest
     public string GoldScorer { get; init; } = "synthetic";
     public double Temperature { get; init; } = 0.7;
     public double TopP { get; init; } = 1.0;
+    /// <summary>Sample among the top_k most likely tokens (transformers' default 50; 0 = no limit).</summary>
+    public int TopK { get; init; } = Generation.GenerationOptions.HfDefaultTopK;
     public int MaxNewTokens { get; init; } = 256;
     public int BatchSize { get; init; } = 16;
     public long Seed { get; init; } = 1234;

@@ -78,9 +78,12 @@ public static class WeakToStrongPipeline
         StageResult? human = null;
         if (config.Student.HumanBaseline && haveHuman)
         {
+            // the baseline trains on the same pairs as the weak-label student: those the margin filter kept
+            var kept = ReadKept(labels.Artifacts["labels"]);
+            if (kept.Count != pairs.Count)
+                throw new InvalidDataException($"{labels.Artifacts["labels"]}: {kept.Count} labels for {pairs.Count} pairs of {config.Data.Unlabelled}");
             string humanData = Dir("labels/human-labelled.jsonl");
-            if (!File.Exists(humanData))
-                PreferenceDataWriter.WriteLabelled(humanData, pairs.Select(p => new LabelledRow(p, p.HumanLabel!.Value)));
+            PreferenceDataWriter.WriteLabelled(humanData, pairs.Where((_, i) => kept[i]).Select(p => new LabelledRow(p, p.HumanLabel!.Value)));
             human = Timed("student_human", () => PipelineStages.Align(Align(humanData), Dir("student-human"), progress, ct));
         }
 
@@ -102,6 +105,7 @@ public static class WeakToStrongPipeline
             GoldScorer = config.Evaluation.GoldScorer,
             Temperature = config.Evaluation.Temperature,
             TopP = config.Evaluation.TopP,
+            TopK = config.Evaluation.TopK,
             MaxNewTokens = config.Evaluation.MaxNewTokens,
             BatchSize = config.Evaluation.BatchSize,
             Seed = config.Evaluation.Seed,
@@ -119,7 +123,7 @@ public static class WeakToStrongPipeline
         if (haveHuman)
         {
             var teacherLabels = ReadTeacherLabels(labels.Artifacts["labels"]);
-            using var gold = GoldScorers.Open(config.Evaluation.GoldScorer, device);
+            using var gold = GoldScorers.Open(config.Evaluation.GoldScorer, device, config.Template);
             // the gold scorer sees raw prompts, as at evaluation
             var goldA = gold.Scorer.ScoreBatch(pairs.Select(p => (p.Prompt, p.ResponseA)).ToList());
             var goldB = gold.Scorer.ScoreBatch(pairs.Select(p => (p.Prompt, p.ResponseB)).ToList());
@@ -147,6 +151,9 @@ public static class WeakToStrongPipeline
 
     private static List<double> ReadGoldRewards(string generationsPath) => File.ReadLines(generationsPath).Where(l => l.Length > 0)
         .Select(l => JsonDocument.Parse(l).RootElement.GetProperty("gold_reward").GetDouble()).ToList();
+
+    private static List<bool> ReadKept(string labelsPath) => File.ReadLines(labelsPath).Where(l => l.Length > 0)
+        .Select(l => JsonDocument.Parse(l).RootElement.GetProperty("kept").GetBoolean()).ToList();
 
     private static List<int> ReadTeacherLabels(string labelsPath) => File.ReadLines(labelsPath).Where(l => l.Length > 0)
         .Select(l => JsonDocument.Parse(l).RootElement.GetProperty("label").GetInt32()).ToList();

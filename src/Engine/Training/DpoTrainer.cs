@@ -12,9 +12,11 @@ namespace WeakTeacher.Engine.Training;
 /// <summary>
 /// Direct Preference Optimization as TRL's DPOTrainer with precompute_ref_log_probs: the reference log-probs of the
 /// whole dataset are computed once (reference model loaded, used, disposed) and cached on disk; each step runs one
-/// policy forward over [chosen; rejected] and the loss of <see cref="PreferenceScoring.DpoLoss"/>.
+/// policy forward over [chosen; rejected] and the loss of <see cref="PreferenceScoring.Loss"/> (every TRL loss_type,
+/// several with loss_weights, the f-divergences, WPO weighting and LD-DPO's ld_alpha). With disable_dropout (the
+/// default, as TRL) the policy trains without dropout, so at step 0 it scores exactly as the eval-mode reference.
 /// Metrics: loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected,
-/// grad_norm, learning_rate, tokens_per_second, epoch, num_tokens.
+/// logits/chosen, logits/rejected, grad_norm, learning_rate, tokens_per_second, epoch, num_tokens.
 /// </summary>
 public sealed class DpoTrainer
 {
@@ -48,12 +50,13 @@ public sealed class DpoTrainer
     {
         ArgumentNullException.ThrowIfNull(examples);
         if (examples.Count == 0) throw new ArgumentException("no preference pairs to train on", nameof(examples));
-        TrainingLoop.Validate(Config);
-        var pairs = Tokenize(examples, out string dataHash);
+        Validate(Config);
+        var pairs = TrainerOutputs.TokenizePairs(_tokenizer, Config, examples, out string dataHash);
         var cacheDir = Config.ReferenceCacheDir ?? Path.Combine(outputDir, DefaultCacheFolder);
         using var referenceLogps = ReferenceLogProbs(pairs, dataHash, cacheDir, out bool fromCache);
 
         TrainerOutputs.PrepareLora(_policy, Config);
+        if (Config.DisableDropout) Dropouts.Disable(_policy);
         var task = new Task(this, pairs, referenceLogps);
         var result = TrainingLoop.Run(task, _policy, Config, outputDir, dataHash + ":" + Reference.Identity, progress, cancellationToken)
             with { ReferenceLogProbsFromCache = fromCache };
@@ -62,26 +65,28 @@ public sealed class DpoTrainer
         return result with { ModelDir = modelDir, AdapterDir = adapterDir };
     }
 
-    private TokenizedPair[] Tokenize(IReadOnlyList<PreferenceExample> examples, out string dataHash)
+    /// <summary>The shared checks plus the loss settings, naming the first bad one.</summary>
+    internal static void Validate(DpoConfig config)
     {
-        var rules = new PreferenceTokenizer(_tokenizer, TrainerOutputs.Tokenization(Config));
-        var pairs = examples.Select(rules.Tokenize).ToArray();
-        dataHash = TrainerOutputs.DatasetHash(examples.Select((e, i) => (new[] { e.Prompt, e.Chosen, e.Rejected },
-            new[] { pairs[i].PromptIds, pairs[i].ChosenIds, pairs[i].RejectedIds })));
-        return pairs;
+        TrainingLoop.Validate(config);
+        config.LossSettings.Validate(nameof(DpoConfig));
+        if (config.LdAlpha is double a && !(a >= 0 && a <= 1))
+            throw new ArgumentException($"DpoConfig.LdAlpha = {a}: must lie in [0, 1]");
+        if (config.UseWeighting && config.LossTypes.Any(t => t is PreferenceLossType.Aot or PreferenceLossType.AotUnpaired))
+            throw new ArgumentException("DpoConfig.UseWeighting: WPO weighting cannot be combined with aot / aot_unpaired (they sort the pairs)");
     }
 
     /// <summary>
-    /// [N, 2] float32 (chosen, rejected) reference log-probs of the dataset, from the cache or computed now (reference
+    /// The reference values of the dataset (<see cref="ReferenceLogps"/>), from the cache or computed now (reference
     /// model loaded, run in eval mode without gradients in dataset order, and disposed).
     /// </summary>
-    public Tensor ReferenceLogProbs(IReadOnlyList<PreferenceExample> examples, string cacheDir, out bool fromCache)
+    public ReferenceLogps ReferenceLogProbs(IReadOnlyList<PreferenceExample> examples, string cacheDir, out bool fromCache)
     {
-        var pairs = Tokenize(examples, out string dataHash);
+        var pairs = TrainerOutputs.TokenizePairs(_tokenizer, Config, examples, out string dataHash);
         return ReferenceLogProbs(pairs, dataHash, cacheDir, out fromCache);
     }
 
-    private Tensor ReferenceLogProbs(TokenizedPair[] pairs, string dataHash, string cacheDir, out bool fromCache)
+    private ReferenceLogps ReferenceLogProbs(TokenizedPair[] pairs, string dataHash, string cacheDir, out bool fromCache)
     {
         var key = ReferenceLogProbCache.Key(Reference.Identity, dataHash, TrainerOutputs.SettingsText(Config));
         int batchSize = Config.EvalBatchSize > 0 ? Config.EvalBatchSize : Config.BatchSize;
@@ -90,23 +95,31 @@ public sealed class DpoTrainer
             using var reference = Reference.Load();
             CausalLMFactory.MoveTo(reference, _policy.Device, null);
             reference.eval();
-            var result = zeros(pairs.Length, 2, dtype: ScalarType.Float32);
+            Tensor Zeros() => zeros(pairs.Length, 2, dtype: ScalarType.Float32);
+            var values = new ReferenceLogps(Zeros(), Zeros(), Zeros());
             using var noGrad = no_grad();
             for (int start = 0; start < pairs.Length; start += batchSize)
             {
                 int count = Math.Min(batchSize, pairs.Length - start);
                 using var scope = NewDisposeScope();
                 using var batch = Collator.CollatePreferences(new ArraySegment<TokenizedPair>(pairs, start, count), _tokenizer.PadTokenId, reference.Device);
-                var logps = ResponseLogProbs.Compute(reference, batch.InputIds, batch.AttentionMask, batch.ResponseMask).cpu();
-                result.narrow(0, start, count).select(1, 0).copy_(logps.narrow(0, 0, count));
-                result.narrow(0, start, count).select(1, 1).copy_(logps.narrow(0, count, count));
+                using var detail = ResponseLogProbs.ComputeDetailed(reference, batch.InputIds, batch.AttentionMask, batch.ResponseMask);
+                foreach (var (target, source) in new[] { (values.Logps, detail.SequenceLogps), (values.TokenCounts, detail.TokenCounts.to(ScalarType.Float32)),
+                             (values.TailLogps, detail.PairTailLogps(count)) })
+                {
+                    var cpu = source.cpu();
+                    target.narrow(0, start, count).select(1, 0).copy_(cpu.narrow(0, 0, count));
+                    target.narrow(0, start, count).select(1, 1).copy_(cpu.narrow(0, count, count));
+                }
             }
-            return result;
+            return values;
         }, out fromCache);
     }
 
-    private sealed class Task(DpoTrainer trainer, TokenizedPair[] pairs, Tensor referenceLogps) : ITrainingTask
+    private sealed class Task(DpoTrainer trainer, TokenizedPair[] pairs, ReferenceLogps referenceLogps) : ITrainingTask
     {
+        private readonly Tensor _reference = referenceLogps.Weighted(trainer.Config.LdAlpha);
+
         public string Stage => DpoTrainer.Stage;
         public int ExampleCount => pairs.Length;
 
@@ -115,16 +128,31 @@ public sealed class DpoTrainer
 
         public void ForwardBackward(MicroBatch micro, double lossScale, MetricSums sums)
         {
+            var config = trainer.Config;
+            var settings = config.LossSettings;
             var batch = (PreferenceBatch)micro.Payload;
             int b = batch.PairCount;
             using var scope = NewDisposeScope();
-            var policy = ResponseLogProbs.Compute(trainer._policy, batch.InputIds, batch.AttentionMask, batch.ResponseMask);
-            var policyChosen = policy.narrow(0, 0, b);
-            var policyRejected = policy.narrow(0, b, b);
-            var reference = referenceLogps.index_select(0, tensor(micro.ExampleIndices.Select(i => (long)i).ToArray())).to(policy.device);
-            var output = PreferenceScoring.DpoLoss(policyChosen, policyRejected, reference.select(1, 0), reference.select(1, 1),
-                trainer.Config.LossType, trainer.Config.Beta, trainer.Config.LabelSmoothing);
-            // DpoLoss is the batch mean: times B gives the batch sum, normalised over the whole step by lossScale
+            using var policy = ResponseLogProbs.ComputeDetailed(trainer._policy, batch.InputIds, batch.AttentionMask, batch.ResponseMask,
+                wpo: config.UseWeighting);
+            // LD-DPO (TRL v1.9.0 L1349-1361): shared + ld_alpha * tail
+            var logps = config.LdAlpha is double a ? policy.SequenceLogps - policy.PairTailLogps(b) * (1 - a) : policy.SequenceLogps;
+            var policyChosen = logps.narrow(0, 0, b);
+            var policyRejected = logps.narrow(0, b, b);
+            var counts = policy.TokenCounts.to(ScalarType.Float32);
+            var reference = _reference.index_select(0, tensor(micro.ExampleIndices.Select(i => (long)i).ToArray())).to(logps.device);
+            var inputs = new PreferenceLossInputs(policyChosen, policyRejected, reference.select(1, 0), reference.select(1, 1))
+            {
+                ChosenTokens = counts.narrow(0, 0, b),
+                RejectedTokens = counts.narrow(0, b, b),
+                // TRL's sft term: cross-entropy over every chosen response token of the batch (L1542-1549)
+                ChosenNll = settings.LossTypes.Contains(PreferenceLossType.Sft)
+                    ? -policy.SequenceLogps.narrow(0, 0, b).sum() / counts.narrow(0, 0, b).sum().clamp_min(1)
+                    : null,
+                PairWeights = policy.WpoLogWeights is { } w ? w.exp().narrow(0, 0, b) * w.exp().narrow(0, b, b) : null,
+            };
+            var output = PreferenceScoring.Loss(inputs, settings);
+            // the loss is the batch mean: times B gives the batch sum, normalised over the whole step by lossScale
             (output.Loss * (b * lossScale)).backward();
             sums.Add("loss", output.Loss.item<float>() * b, b);
             sums.AddItems("rewards/chosen", output.ChosenRewards);
@@ -133,6 +161,9 @@ public sealed class DpoTrainer
             sums.AddItems("rewards/margins", output.Margins);
             sums.AddItems("logps/chosen", policyChosen);
             sums.AddItems("logps/rejected", policyRejected);
+            // TRL (L1602-1618): the vocabulary-mean logit averaged over the chosen / rejected response tokens
+            sums.Add("logits/chosen", policy.LogitSums.narrow(0, 0, b).sum().item<float>(), counts.narrow(0, 0, b).sum().item<float>());
+            sums.Add("logits/rejected", policy.LogitSums.narrow(0, b, b).sum().item<float>(), counts.narrow(0, b, b).sum().item<float>());
         }
     }
 }

@@ -67,53 +67,80 @@ public sealed class ReferenceModel
 }
 
 /// <summary>
+/// What the DPO losses need of the reference model, per pair index, each [N, 2] float32 (chosen, rejected): the summed
+/// response log-probs, the response token counts (ipo and sigmoid_norm average per token) and the log-probs of the
+/// tokens past the pair's shared length (LD-DPO weights those by ld_alpha).
+/// </summary>
+public sealed record ReferenceLogps(Tensor Logps, Tensor TokenCounts, Tensor TailLogps) : IDisposable
+{
+    public const string LogpsName = "logps", TokenCountsName = "token_counts", TailLogpsName = "tail_logps";
+
+    public long Count => Logps.shape[0];
+
+    /// <summary>[N, 2] reference log-probs as the loss sees them: shared + ld_alpha * tail (the plain sums when null).</summary>
+    public Tensor Weighted(double? ldAlpha) => ldAlpha is double a ? Logps - TailLogps * (1 - a) : Logps;
+
+    public void Dispose()
+    {
+        Logps.Dispose();
+        TokenCounts.Dispose();
+        TailLogps.Dispose();
+    }
+}
+
+/// <summary>
 /// Reference log-probs of a preference dataset, computed once per (reference model, dataset, tokenisation) and kept on
-/// disk, as TRL's precompute_ref_log_probs does: &lt;dir&gt;/ref-logps-&lt;key&gt;.safetensors holding "logps" [N, 2]
-/// float32 (chosen, rejected) per pair index, with the full key in the metadata.
+/// disk, as TRL's precompute_ref_log_probs does: &lt;dir&gt;/ref-logps-&lt;key&gt;.safetensors holding the three [N, 2]
+/// tensors of <see cref="ReferenceLogps"/> per pair index, with the full key in the metadata.
 /// </summary>
 public static class ReferenceLogProbCache
 {
+    private static readonly string[] Names = [ReferenceLogps.LogpsName, ReferenceLogps.TokenCountsName, ReferenceLogps.TailLogpsName];
+
     public static string FilePath(string cacheDir, string key) => Path.Combine(cacheDir, $"ref-logps-{key[..Math.Min(32, key.Length)]}.safetensors");
 
     /// <summary>The cache key: SHA-256 over the reference identity, the dataset hash and the tokenisation settings.</summary>
     public static string Key(string referenceIdentity, string datasetHash, string settings)
     {
         using var hash = new Hashing.Builder();
-        return hash.Add("ref-logps-v1").Add(referenceIdentity).Add(datasetHash).Add(settings).Hex();
+        return hash.Add("ref-logps-v2").Add(referenceIdentity).Add(datasetHash).Add(settings).Hex();
     }
 
-    /// <summary>The cached [N, 2] log-probs, or null when absent or made for another key/size.</summary>
-    public static Tensor? TryLoad(string cacheDir, string key, int count)
+    /// <summary>The cached values, or null when absent, damaged or made for another key/size.</summary>
+    public static ReferenceLogps? TryLoad(string cacheDir, string key, int count)
     {
         var path = FilePath(cacheDir, key);
         if (!File.Exists(path)) return null;
+        Dictionary<string, Tensor> tensors;
+        IReadOnlyDictionary<string, string> metadata;
         try
         {
-            var tensors = SafeTensors.Load(path, out var metadata);
-            if (!metadata.TryGetValue("key", out var stored) || stored != key || !tensors.TryGetValue("logps", out var logps)
-                || logps.dim() != 2 || logps.shape[0] != count || logps.shape[1] != 2)
-            {
-                foreach (var t in tensors.Values) t.Dispose();
-                return null;
-            }
-            foreach (var (name, t) in tensors) if (name != "logps") t.Dispose();
-            return logps;
+            tensors = SafeTensors.Load(path, out metadata);
         }
         catch (CheckpointException)
         {
             return null; // a damaged cache file is recomputed, not trusted
         }
+        bool valid = metadata.TryGetValue("key", out var stored) && stored == key
+            && Names.All(n => tensors.TryGetValue(n, out var t) && t.dim() == 2 && t.shape[0] == count && t.shape[1] == 2);
+        foreach (var (name, t) in tensors) if (!valid || !Names.Contains(name)) t.Dispose();
+        return valid ? new ReferenceLogps(tensors[Names[0]], tensors[Names[1]], tensors[Names[2]]) : null;
     }
 
-    public static void Save(string cacheDir, string key, Tensor logps)
+    public static void Save(string cacheDir, string key, ReferenceLogps values)
     {
         Directory.CreateDirectory(cacheDir);
-        SafeTensors.Save(new Dictionary<string, Tensor> { ["logps"] = logps.to(ScalarType.Float32).cpu() }, FilePath(cacheDir, key),
-            new Dictionary<string, string> { ["key"] = key, ["count"] = logps.shape[0].ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        SafeTensors.Save(new Dictionary<string, Tensor>
+            {
+                [Names[0]] = values.Logps.to(ScalarType.Float32).cpu(),
+                [Names[1]] = values.TokenCounts.to(ScalarType.Float32).cpu(),
+                [Names[2]] = values.TailLogps.to(ScalarType.Float32).cpu(),
+            }, FilePath(cacheDir, key),
+            new Dictionary<string, string> { ["key"] = key, ["count"] = values.Count.ToString(System.Globalization.CultureInfo.InvariantCulture) });
     }
 
-    /// <summary>The cached log-probs, or <paramref name="compute"/>'s (then stored). <paramref name="fromCache"/> tells which.</summary>
-    public static Tensor GetOrCompute(string cacheDir, string key, int count, Func<Tensor> compute, out bool fromCache)
+    /// <summary>The cached values, or <paramref name="compute"/>'s (then stored). <paramref name="fromCache"/> tells which.</summary>
+    public static ReferenceLogps GetOrCompute(string cacheDir, string key, int count, Func<ReferenceLogps> compute, out bool fromCache)
     {
         var cached = TryLoad(cacheDir, key, count);
         if (cached is not null)

@@ -13,7 +13,9 @@ namespace WeakTeacher.Engine.Training;
 /// <summary>
 /// A Bradley-Terry reward model as transformers' *ForSequenceClassification with num_labels 1: a causal LM backbone
 /// (its output head unused) and a scalar head <c>score</c> [1, H_out] without bias, read at the last real token of
-/// each sequence (the last position where attention_mask is 1, so either padding side works).
+/// each sequence as transformers pools it: the rightmost token that is not the pad token (so with GPT-2's pad == eos the
+/// token before the response's EOS), among the positions the attention mask keeps; without a pad token id, the last
+/// position the mask keeps. Either padding side works.
 /// Saved as a Hugging Face folder: backbone weights plus score.weight in model.safetensors, config.json with
 /// architectures [&lt;Family&gt;ForSequenceClassification] and num_labels 1.
 /// </summary>
@@ -34,8 +36,12 @@ public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
             var init = normal(0, backbone.Config.InitializerRange, new long[] { 1, hidden }, generator: generator);
             score.weight!.copy_(init);
         }
+        PadTokenId = backbone.Config.PadTokenId;
         RegisterComponents();
     }
+
+    /// <summary>The pad token id the reward is pooled by (config.json's pad_token_id; the trainer sets the tokenizer's when absent).</summary>
+    public int? PadTokenId { get; set; }
 
     public CausalLM Backbone => backbone;
     public Parameter ScoreWeight => score.weight!;
@@ -51,8 +57,11 @@ public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
         var mask = attentionMask.to(device);
         var hidden = backbone.ForwardHidden(ids, mask);                                   // [B, T, H]
         long t = ids.shape[1];
-        // index of the last position with mask 1 (argmax of position * mask; rows with no real token give 0)
-        var positions = arange(t, ScalarType.Int64, device).unsqueeze(0) * mask.ne(0).to(ScalarType.Int64);
+        // transformers' *ForSequenceClassification: argmax of position * (input_ids != pad_token_id), here also * mask
+        // (rows with no such token give 0)
+        var keep = mask.ne(0);
+        if (PadTokenId is int pad) keep = keep.logical_and(ids.ne(pad));
+        var positions = arange(t, ScalarType.Int64, device).unsqueeze(0) * keep.to(ScalarType.Int64);
         var last = positions.argmax(1);                                                     // [B]
         var picked = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, hidden.shape[2])).squeeze(1); // [B, H]
         var rewards = score.forward(picked).squeeze(-1).to(ScalarType.Float32);
@@ -91,7 +100,8 @@ public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
         json["id2label"] = new JsonObject { ["0"] = "LABEL_0" };
         json["label2id"] = new JsonObject { ["LABEL_0"] = 0 };
         json["torch_dtype"] = PretrainedModel.DTypeName(backbone.DType);
-        if (json["pad_token_id"] is null && tokenizer is not null) json["pad_token_id"] = tokenizer.PadTokenId;
+        if (PadTokenId is int padId) json["pad_token_id"] = padId;
+        else if (json["pad_token_id"] is null && tokenizer is not null) json["pad_token_id"] = tokenizer.PadTokenId;
         LoraAdapters.WriteTextAtomically(Path.Combine(dir, PretrainedModel.ConfigFile), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         if (tokenizer is HfTokenizer hf) hf.Save(dir);
     }

@@ -1,5 +1,6 @@
 using TorchSharp;
 using WeakTeacher.Engine.Data;
+using WeakTeacher.Engine.Models;
 using WeakTeacher.Engine.Pipeline;
 using WeakTeacher.Engine.Tokenization;
 using static TorchSharp.torch;
@@ -41,15 +42,14 @@ public sealed class RewardTrainer
         if (Config.UseMargin && (margins is null || margins.Count != examples.Count))
             throw new ArgumentException($"RewardConfig.UseMargin needs one margin per pair ({examples.Count}), got {margins?.Count.ToString() ?? "none"}", nameof(margins));
         TrainingLoop.Validate(Config);
-        var rules = new PreferenceTokenizer(_tokenizer, TrainerOutputs.Tokenization(Config));
-        var pairs = examples.Select(rules.Tokenize).ToArray();
-        string dataHash = TrainerOutputs.DatasetHash(examples.Select((e, i) => (new[] { e.Prompt, e.Chosen, e.Rejected },
-            new[] { pairs[i].PromptIds, pairs[i].ChosenIds, pairs[i].RejectedIds })));
+        var pairs = TrainerOutputs.TokenizePairs(_tokenizer, Config, examples, out string dataHash);
         if (Config.Lora is { } lora && !LoraAdapters.HasAdapters(Model.Backbone))
         {
             LoraAdapters.Attach(Model.Backbone, lora, Config.Seed);
             Model.ScoreWeight.requires_grad = true; // PEFT's modules_to_save = ["score"] for sequence classification
         }
+        if (Config.DisableDropout) Dropouts.Disable(Model);
+        Model.PadTokenId ??= _tokenizer.PadTokenId;
         var task = new Task(this, pairs, Config.UseMargin ? margins : null);
         var result = TrainingLoop.Run(task, Model, Config, outputDir, dataHash, progress, cancellationToken);
         if (!result.Completed) return result;
@@ -61,8 +61,7 @@ public sealed class RewardTrainer
     /// <summary>The loss of <paramref name="examples"/> as one batch (no training), with the trainer's formula.</summary>
     public double ComputeLoss(IReadOnlyList<PreferenceExample> examples, IReadOnlyList<double>? margins = null)
     {
-        var rules = new PreferenceTokenizer(_tokenizer, TrainerOutputs.Tokenization(Config));
-        var pairs = examples.Select(rules.Tokenize).ToArray();
+        var pairs = TrainerOutputs.TokenizePairs(_tokenizer, Config, examples, out _);
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         using var batch = Collator.CollatePreferences(pairs, _tokenizer.PadTokenId, Model.Device);

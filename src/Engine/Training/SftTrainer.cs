@@ -44,9 +44,7 @@ public sealed class SftTrainer
         ArgumentNullException.ThrowIfNull(examples);
         if (examples.Count == 0) throw new ArgumentException("no SFT examples to train on", nameof(examples));
         TrainingLoop.Validate(Config);
-        var rules = new PreferenceTokenizer(_tokenizer, TrainerOutputs.Tokenization(Config));
-        var sequences = examples.Select(rules.Tokenize).ToArray();
-        string dataHash = TrainerOutputs.DatasetHash(examples.Select((e, i) => (new[] { e.Prompt, e.Response }, new[] { sequences[i].PromptIds, sequences[i].ResponseIds })));
+        var sequences = TrainerOutputs.TokenizeSequences(_tokenizer, Config, examples, out string dataHash);
         TrainerOutputs.PrepareLora(_model, Config);
         var task = new Task(_model, _tokenizer, sequences);
         var result = TrainingLoop.Run(task, _model, Config, outputDir, dataHash, progress, cancellationToken);
@@ -58,8 +56,7 @@ public sealed class SftTrainer
     /// <summary>The SFT loss (mean response-token NLL) of <paramref name="examples"/> as one batch, without training.</summary>
     public double ComputeLoss(IReadOnlyList<SftExample> examples)
     {
-        var rules = new PreferenceTokenizer(_tokenizer, TrainerOutputs.Tokenization(Config));
-        var sequences = examples.Select(rules.Tokenize).ToList();
+        var sequences = TrainerOutputs.TokenizeSequences(_tokenizer, Config, examples, out _);
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         using var batch = Collator.CollateSft(sequences, _tokenizer.PadTokenId, _model.Device);

@@ -10,16 +10,41 @@ internal static class TrainerOutputs
 {
     public const string AdapterFolder = "adapter";
 
-    public static TokenizationOptions Tokenization(TrainingConfig config) =>
-        new() { MaxLength = config.MaxLength, MaxPromptLength = config.MaxPromptLength };
+    public static string SettingsText(TrainingConfig config) => SettingsText(config.Tokenization);
 
-    public static string SettingsText(TrainingConfig config) =>
-        $"max_length={config.MaxLength};max_prompt_length={config.MaxPromptLength};truncation=keep_end";
+    public static string SettingsText(TokenizationOptions o) =>
+        $"max_length={o.MaxLength};max_prompt_length={o.MaxPromptLength};truncation={o.TruncationMode}";
 
-    /// <summary>SHA-256 over the dataset's texts and its token ids (so template, tokenizer and truncation all count).</summary>
-    public static string DatasetHash(IEnumerable<(string[] Texts, int[][] Ids)> rows)
+    /// <summary>
+    /// The one tokenisation of preference pairs for training (DPO and reward models): <see cref="PreferenceTokenizer"/>
+    /// under the config's limits, and the dataset hash over the texts, the token ids and the limits.
+    /// </summary>
+    public static TokenizedPair[] TokenizePairs(ITokenizer tokenizer, TrainingConfig config, IReadOnlyList<PreferenceExample> examples,
+        out string dataHash)
+    {
+        var rules = new PreferenceTokenizer(tokenizer, config.Tokenization);
+        var pairs = examples.Select(rules.Tokenize).ToArray();
+        dataHash = DatasetHash(rules.Options, examples.Select((e, i) => (new[] { e.Prompt, e.Chosen, e.Rejected },
+            new[] { pairs[i].PromptIds, pairs[i].ChosenIds, pairs[i].RejectedIds })));
+        return pairs;
+    }
+
+    /// <summary>The same for (prompt, response) sequences (SFT).</summary>
+    public static TokenizedSequence[] TokenizeSequences(ITokenizer tokenizer, TrainingConfig config, IReadOnlyList<SftExample> examples,
+        out string dataHash)
+    {
+        var rules = new PreferenceTokenizer(tokenizer, config.Tokenization);
+        var sequences = examples.Select(rules.Tokenize).ToArray();
+        dataHash = DatasetHash(rules.Options, examples.Select((e, i) => (new[] { e.Prompt, e.Response },
+            new[] { sequences[i].PromptIds, sequences[i].ResponseIds })));
+        return sequences;
+    }
+
+    /// <summary>SHA-256 over the dataset's texts, its token ids and the limits (so template, tokenizer and truncation all count).</summary>
+    private static string DatasetHash(TokenizationOptions options, IEnumerable<(string[] Texts, int[][] Ids)> rows)
     {
         using var hash = new Hashing.Builder();
+        hash.Add(SettingsText(options));
         long n = 0;
         foreach (var (texts, ids) in rows)
         {

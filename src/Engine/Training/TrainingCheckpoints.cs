@@ -29,6 +29,8 @@ public sealed record TrainerState
     public ulong[] RandomState { get; init; } = Array.Empty<ulong>();
     /// <summary>A fingerprint of the settings that must not change across a resume (data size, batch size, schedule).</summary>
     public required string RunFingerprint { get; init; }
+    /// <summary>The settings the fingerprint is made of, by name, so a refused resume can say which one differs.</summary>
+    public SortedDictionary<string, string>? Settings { get; init; }
     public List<Dictionary<string, double>> LogHistory { get; init; } = new();
 
     public static readonly JsonSerializerOptions Json = new()

@@ -1,4 +1,7 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
 using WeakTeacher.CudaKernels;
+using WeakTeacher.Engine.Data;
 
 namespace WeakTeacher.Engine.Training;
 
@@ -21,8 +24,8 @@ public abstract record TrainingConfig
     public int MaxSteps { get; init; }
     public int BatchSize { get; init; } = 32;
     public int GradientAccumulationSteps { get; init; } = 1;
-    public int MaxLength { get; init; } = 512;
-    public int MaxPromptLength { get; init; } = 256;
+    public int MaxLength { get; init; } = TokenizationOptions.DefaultMaxLength;
+    public int MaxPromptLength { get; init; } = TokenizationOptions.DefaultMaxPromptLength;
     public double WarmupRatio { get; init; } = 0.1;
     /// <summary>Warm-up steps; when > 0 it overrides <see cref="WarmupRatio"/>.</summary>
     public int WarmupSteps { get; init; }
@@ -46,12 +49,17 @@ public abstract record TrainingConfig
     /// <summary>With LoRA: also save the model with the adapter merged into its weights (a plain checkpoint) at the end.</summary>
     public bool SaveMergedModel { get; init; } = true;
     public LoraConfig? Lora { get; init; }
+
+    /// <summary>The tokenisation limits of this config (truncation keeps the prompt's end, TRL's default).</summary>
+    [JsonIgnore]
+    public TokenizationOptions Tokenization => new() { MaxLength = MaxLength, MaxPromptLength = MaxPromptLength };
 }
 
 /// <summary>Supervised fine-tuning on (prompt, chosen) with the loss on response tokens only.</summary>
 public sealed record SftConfig : TrainingConfig;
 
-/// <summary>DPO (TRL's DPOTrainer): loss type, beta, label smoothing; LoRA rank 8 by default as in the paper.</summary>
+/// <summary>DPO (TRL's DPOConfig): loss types and weights, beta, label smoothing, f-divergence, WPO, LD-DPO; LoRA rank 8 by
+/// default as in the paper.</summary>
 public sealed record DpoConfig : TrainingConfig
 {
     public DpoConfig()
@@ -62,10 +70,50 @@ public sealed record DpoConfig : TrainingConfig
     }
 
     public double Beta { get; init; } = 0.1;
-    public PreferenceLossType LossType { get; init; } = PreferenceLossType.Sigmoid;
+    /// <summary>TRL's loss_type: one loss or several (combined with <see cref="LossWeights"/>); in a config file a name or a list.</summary>
+    [JsonPropertyName("loss_type"), JsonConverter(typeof(OneOrManyLossTypes))]
+    public IReadOnlyList<PreferenceLossType> LossTypes { get; init; } = [PreferenceLossType.Sigmoid];
+    /// <summary>One weight per loss type (e.g. [0.8, 0.2, 1.0] for MPO); null = 1 each.</summary>
+    public IReadOnlyList<double>? LossWeights { get; init; }
     public double LabelSmoothing { get; init; }
+    public FDivergenceType FDivergenceType { get; init; } = FDivergenceType.ReverseKl;
+    public double FAlphaDivergenceCoef { get; init; } = 0.5;
+    /// <summary>WPO weighting of each pair by the policy's length-normalised sequence probabilities.</summary>
+    public bool UseWeighting { get; init; }
+    /// <summary>LD-DPO's alpha in [0, 1]: log-probs of tokens past the pair's shared length are scaled by it; null = off.</summary>
+    public double? LdAlpha { get; init; }
+    public double DiscopopTau { get; init; } = 0.05;
+    /// <summary>TRL's disable_dropout: every dropout of the policy (LoRA's included) set to 0 for training.</summary>
+    public bool DisableDropout { get; init; } = true;
     /// <summary>Folder of the reference log-prob cache; null = "reference-logps" beside the output folder's checkpoints.</summary>
     public string? ReferenceCacheDir { get; init; }
+
+    /// <summary>The loss settings handed to <see cref="PreferenceScoring.Loss"/>.</summary>
+    [JsonIgnore]
+    public PreferenceLossSettings LossSettings => new()
+    {
+        LossTypes = LossTypes,
+        LossWeights = LossWeights,
+        Beta = Beta,
+        LabelSmoothing = LabelSmoothing,
+        FDivergence = FDivergenceType,
+        AlphaDivergenceCoef = FAlphaDivergenceCoef,
+        DiscopopTau = DiscopopTau,
+    };
+}
+
+/// <summary>Reads TRL's loss_type as a single name or a list of names; writes a list.</summary>
+public sealed class OneOrManyLossTypes : JsonConverter<IReadOnlyList<PreferenceLossType>>
+{
+    public override IReadOnlyList<PreferenceLossType> Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options)
+    {
+        if (reader.TokenType == JsonTokenType.StartArray)
+            return JsonSerializer.Deserialize<List<PreferenceLossType>>(ref reader, options) ?? throw new JsonException("loss_type: null list");
+        return [JsonSerializer.Deserialize<PreferenceLossType>(ref reader, options)];
+    }
+
+    public override void Write(Utf8JsonWriter writer, IReadOnlyList<PreferenceLossType> value, JsonSerializerOptions options) =>
+        JsonSerializer.Serialize(writer, value.ToList(), options);
 }
 
 /// <summary>Bradley-Terry reward model (TRL's RewardTrainer): scalar head at the last real token.</summary>
@@ -75,4 +123,6 @@ public sealed record RewardConfig : TrainingConfig
     public bool UseMargin { get; init; }
     /// <summary>TRL's center_rewards_coefficient: adds coef * mean((r_c + r_r)^2) to push rewards to mean zero.</summary>
     public double CenterRewardsCoefficient { get; init; }
+    /// <summary>TRL's RewardConfig.disable_dropout: every dropout of the model (LoRA's included) set to 0 for training.</summary>
+    public bool DisableDropout { get; init; } = true;
 }

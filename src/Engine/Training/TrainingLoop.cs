@@ -112,7 +112,9 @@ internal static class TrainingLoop
         int stepsPerEpoch = (batcher.BatchesPerEpoch + accumulation - 1) / accumulation;
         int totalSteps = config.MaxSteps > 0 ? config.MaxSteps : config.Epochs * stepsPerEpoch;
         int warmupSteps = LearningRateSchedule.WarmupSteps(config, totalSteps);
-        string fingerprint = Fingerprint(task.Stage, runFingerprint, config, task.ExampleCount, totalSteps);
+        var settings = RunSettings(task.Stage, runFingerprint, config, task.ExampleCount, totalSteps);
+        string fingerprint = RunSettingsText.Fingerprint(settings);
+        bool cuda = model.parameters().FirstOrDefault()?.device.type == DeviceType.CUDA;
 
         model.train();
         using var optimizer = TrainingOptimizer.Create(model, config);
@@ -127,8 +129,13 @@ internal static class TrainingLoop
         {
             var state = TrainingCheckpoints.ReadState(lastCheckpoint);
             if (state.Trainer != task.Stage || state.RunFingerprint != fingerprint)
+            {
+                string which = state.Trainer != task.Stage ? $"it is a {state.Trainer} run, not {task.Stage}"
+                    : state.Settings is { } stored ? RunSettingsText.Describe(stored, settings)
+                    : "other data or settings (the checkpoint predates named settings)";
                 throw new CheckpointException(lastCheckpoint,
-                    $"this checkpoint belongs to a different run ({state.Trainer}, other data or settings); use another output folder or remove it");
+                    $"this checkpoint belongs to a different run: {which}; use another output folder or remove it");
+            }
             TrainingCheckpoints.Restore(lastCheckpoint, trainable, optimizer);
             batcher.Restore(new BatcherPosition(state.Data.Epoch, state.Data.BatchIndex));
             globalStep = state.GlobalStep;
@@ -153,6 +160,9 @@ internal static class TrainingLoop
         while (globalStep < totalSteps)
         {
             if (cancellationToken.IsCancellationRequested) { interrupted = true; break; }
+            // TorchSharp cannot read or restore the CUDA generator's state, so its stream is made a function of
+            // (seed, step): a resumed run draws the same dropout masks on CUDA as an uninterrupted one
+            if (cuda) torch.cuda.manual_seed_all(StepSeed(config.Seed, globalStep));
             double learningRate = LearningRateSchedule.At(config.LrScheduler, config.LearningRate, globalStep, warmupSteps, totalSteps);
             optimizer.SetLearningRate(learningRate);
 
@@ -205,7 +215,7 @@ internal static class TrainingLoop
             bool stopping = cancellationToken.IsCancellationRequested;
             if ((config.SaveSteps > 0 && globalStep % config.SaveSteps == 0) || last || stopping)
             {
-                lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
+                lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, settings, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
                     batcher, config, tokensSeen, history, trainable, optimizer);
                 lastSaved = globalStep;
             }
@@ -213,17 +223,17 @@ internal static class TrainingLoop
         }
 
         if (interrupted && lastSaved != globalStep && globalStep > 0)
-            lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
+            lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, settings, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
                 batcher, config, tokensSeen, history, trainable, optimizer);
         if (!interrupted && lastSaved != globalStep && globalStep > 0)
-            lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
+            lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, settings, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
                 batcher, config, tokensSeen, history, trainable, optimizer);
         log.Finish();
         model.eval();
         return new TrainResult(globalStep, totalSteps, !interrupted, resumedFrom, history, outputDir, lastCheckpoint, null, null, clock.Elapsed);
     }
 
-    private static string SaveCheckpoint(string outputDir, string stage, string fingerprint, int globalStep, int totalSteps, int warmupSteps,
+    private static string SaveCheckpoint(string outputDir, string stage, string fingerprint, SortedDictionary<string, string> settings, int globalStep, int totalSteps, int warmupSteps,
         int stepsPerEpoch, DataBatcher<int> batcher, TrainingConfig config, long tokensSeen, List<Dictionary<string, double>> history,
         IReadOnlyList<(string Name, Tensor Tensor)> trainable, TrainingOptimizer optimizer)
     {
@@ -237,6 +247,7 @@ internal static class TrainingLoop
             Epoch = (double)globalStep / stepsPerEpoch,
             TokensSeen = tokensSeen,
             RunFingerprint = fingerprint,
+            Settings = settings,
             LogHistory = history,
         };
         return TrainingCheckpoints.Save(outputDir, state, trainable, optimizer, config.SaveTotalLimit);
@@ -263,12 +274,29 @@ internal static class TrainingLoop
             "must be > 0 and below MaxLength");
     }
 
-    private static string Fingerprint(string stage, string runFingerprint, TrainingConfig config, int examples, int totalSteps)
+    /// <summary>The CUDA generator's seed at the start of optimizer step <paramref name="step"/>.</summary>
+    internal static long StepSeed(long seed, int step) => unchecked(seed * 1_000_003L + step);
+
+    /// <summary>Config fields that do not change the trained weights (console, logging, where checkpoints and caches go).</summary>
+    private static readonly HashSet<string> NotResultChanging = new(StringComparer.Ordinal)
     {
-        var text = string.Join("|", stage, runFingerprint, examples, totalSteps, config.BatchSize, config.GradientAccumulationSteps, config.Seed,
-            config.LearningRate.ToString("R", CultureInfo.InvariantCulture), config.LrScheduler,
-            config.MaxLength, config.MaxPromptLength, config.Lora?.Rank ?? 0, string.Join(",", config.Lora?.TargetModules ?? Array.Empty<string>()));
-        return Hashing.Sha256Hex(Encoding.UTF8.GetBytes(text));
+        "console_progress", "save_steps", "save_total_limit", "logging_steps", "reference_cache_dir", "save_merged_model",
+    };
+
+    /// <summary>Every setting that changes what a run computes, by name: the stage, the data and reference identity, the
+    /// plan, and each field of the trainer's config (so a new config field is covered without listing it here).</summary>
+    internal static SortedDictionary<string, string> RunSettings(string stage, string runFingerprint, TrainingConfig config, int examples, int totalSteps)
+    {
+        var settings = new SortedDictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["stage"] = stage,
+            ["data_and_reference"] = runFingerprint,
+            ["examples"] = examples.ToString(CultureInfo.InvariantCulture),
+            ["total_steps"] = totalSteps.ToString(CultureInfo.InvariantCulture),
+        };
+        foreach (var (name, value) in RunSettingsText.Flatten(config))
+            if (!NotResultChanging.Contains(name.Split('.', '[')[0])) settings[name] = value;
+        return settings;
     }
 }
 

@@ -97,22 +97,72 @@ internal static class RequestTranslation
         var config = Apply(field + ".args", new DpoConfig(), c?.Args);
         if (c is null) return config;
         RequestErrors.Range($"{field}.beta", c.HasBeta ? c.Beta : null, 0, 1e6, minExclusive: true);
-        RequestErrors.Range($"{field}.label_smoothing", c.HasLabelSmoothing ? c.LabelSmoothing : null, 0, 0.499);
-        return config with
+        RequestErrors.Range($"{field}.label_smoothing", c.HasLabelSmoothing ? c.LabelSmoothing : null, 0, 0.999);
+        RequestErrors.Range($"{field}.f_alpha_divergence_coef", c.HasFAlphaDivergenceCoef ? c.FAlphaDivergenceCoef : null, -1e6, 1e6);
+        RequestErrors.Range($"{field}.ld_alpha", c.HasLdAlpha ? c.LdAlpha : null, 0, 1);
+        RequestErrors.Range($"{field}.discopop_tau", c.HasDiscopopTau ? c.DiscopopTau : null, 0, 1e6, minExclusive: true);
+        IReadOnlyList<PreferenceLossType> lossTypes = c.LossTypes.Count > 0
+            ? c.LossTypes.Select((t, i) => LossType($"{field}.loss_types[{i}]", t, PreferenceLossType.Sigmoid)).ToList()
+            : [LossType($"{field}.loss_type", c.LossType, config.LossTypes[0])];
+        if (c.LossWeights.Count > 0 && c.LossWeights.Count != lossTypes.Count)
+            throw RequestErrors.Invalid($"{field}.loss_weights", $"{c.LossWeights.Count} weights for {lossTypes.Count} loss types");
+        for (int i = 0; i < c.LossWeights.Count; i++)
+            RequestErrors.Range($"{field}.loss_weights[{i}]", c.LossWeights[i], -1e6, 1e6);
+        var result = config with
         {
             Beta = c.HasBeta ? c.Beta : config.Beta,
             LabelSmoothing = c.HasLabelSmoothing ? c.LabelSmoothing : config.LabelSmoothing,
-            LossType = c.LossType switch
+            LossTypes = lossTypes,
+            LossWeights = c.LossWeights.Count > 0 ? c.LossWeights.ToArray() : config.LossWeights,
+            FDivergenceType = c.FDivergenceType switch
             {
-                V1.PreferenceLossType.Unspecified => config.LossType,
-                V1.PreferenceLossType.Sigmoid => PreferenceLossType.Sigmoid,
-                V1.PreferenceLossType.Ipo => PreferenceLossType.Ipo,
-                V1.PreferenceLossType.Hinge => PreferenceLossType.Hinge,
-                V1.PreferenceLossType.Robust => PreferenceLossType.Robust,
-                _ => throw RequestErrors.Invalid($"{field}.loss_type", $"unknown value {(int)c.LossType}"),
+                V1.FDivergenceType.Unspecified => config.FDivergenceType,
+                V1.FDivergenceType.ReverseKl => FDivergenceType.ReverseKl,
+                V1.FDivergenceType.ForwardKl => FDivergenceType.ForwardKl,
+                V1.FDivergenceType.JsDivergence => FDivergenceType.JsDivergence,
+                V1.FDivergenceType.AlphaDivergence => FDivergenceType.AlphaDivergence,
+                _ => throw RequestErrors.Invalid($"{field}.f_divergence_type", $"unknown value {(int)c.FDivergenceType}"),
             },
+            FAlphaDivergenceCoef = c.HasFAlphaDivergenceCoef ? c.FAlphaDivergenceCoef : config.FAlphaDivergenceCoef,
+            UseWeighting = c.HasUseWeighting ? c.UseWeighting : config.UseWeighting,
+            LdAlpha = c.HasLdAlpha ? c.LdAlpha : config.LdAlpha,
+            DiscopopTau = c.HasDiscopopTau ? c.DiscopopTau : config.DiscopopTau,
+            DisableDropout = c.HasDisableDropout ? c.DisableDropout : config.DisableDropout,
         };
+        // the combinations the loss refuses (robust / exo_pair smoothing ranges, WPO with aot) are refused here, by field
+        try
+        {
+            result.LossSettings.Validate($"{field}");
+        }
+        catch (ArgumentException e)
+        {
+            throw RequestErrors.Invalid($"{field}.loss_type", e.Message);
+        }
+        if (result.UseWeighting && result.LossTypes.Any(t => t is PreferenceLossType.Aot or PreferenceLossType.AotUnpaired))
+            throw RequestErrors.Invalid($"{field}.use_weighting", "WPO weighting cannot be combined with aot / aot_unpaired");
+        return result;
     }
+
+    private static PreferenceLossType LossType(string field, V1.PreferenceLossType value, PreferenceLossType unspecified) => value switch
+    {
+        V1.PreferenceLossType.Unspecified => unspecified,
+        V1.PreferenceLossType.Sigmoid => PreferenceLossType.Sigmoid,
+        V1.PreferenceLossType.Ipo => PreferenceLossType.Ipo,
+        V1.PreferenceLossType.Hinge => PreferenceLossType.Hinge,
+        V1.PreferenceLossType.Robust => PreferenceLossType.Robust,
+        V1.PreferenceLossType.ExoPair => PreferenceLossType.ExoPair,
+        V1.PreferenceLossType.NcaPair => PreferenceLossType.NcaPair,
+        V1.PreferenceLossType.BcoPair => PreferenceLossType.BcoPair,
+        V1.PreferenceLossType.SppoHard => PreferenceLossType.SppoHard,
+        V1.PreferenceLossType.Aot => PreferenceLossType.Aot,
+        V1.PreferenceLossType.AotUnpaired => PreferenceLossType.AotUnpaired,
+        V1.PreferenceLossType.ApoZero => PreferenceLossType.ApoZero,
+        V1.PreferenceLossType.ApoDown => PreferenceLossType.ApoDown,
+        V1.PreferenceLossType.Discopop => PreferenceLossType.Discopop,
+        V1.PreferenceLossType.Sft => PreferenceLossType.Sft,
+        V1.PreferenceLossType.SigmoidNorm => PreferenceLossType.SigmoidNorm,
+        _ => throw RequestErrors.Invalid(field, $"unknown value {(int)value}"),
+    };
 
     public static RewardConfig Reward(string field, V1.RewardConfig? c)
     {
@@ -123,6 +173,7 @@ internal static class RequestTranslation
         {
             UseMargin = c.HasUseMargin ? c.UseMargin : config.UseMargin,
             CenterRewardsCoefficient = c.HasCenterRewardsCoefficient ? c.CenterRewardsCoefficient : config.CenterRewardsCoefficient,
+            DisableDropout = c.HasDisableDropout ? c.DisableDropout : config.DisableDropout,
         };
     }
 
@@ -210,6 +261,7 @@ internal static class RequestTranslation
             gold = catalog.ModelPath(catalog.GetModel("gold_scorer", r.GoldScorer));
         RequestErrors.Range("temperature", r.HasTemperature ? r.Temperature : null, 0, 100);
         RequestErrors.Range("top_p", r.HasTopP ? r.TopP : null, 0, 1, minExclusive: true);
+        RequestErrors.NonNegative("top_k", r.HasTopK ? r.TopK : null);
         RequestErrors.Positive("max_new_tokens", r.HasMaxNewTokens ? r.MaxNewTokens : null, 1 << 16);
         RequestErrors.Positive("batch_size", r.HasBatchSize ? r.BatchSize : null, 65_536);
         var defaults = new EvaluateRequest { Models = models, PromptsPath = "" };
@@ -220,6 +272,7 @@ internal static class RequestTranslation
             GoldScorer = gold,
             Temperature = r.HasTemperature ? r.Temperature : defaults.Temperature,
             TopP = r.HasTopP ? r.TopP : defaults.TopP,
+            TopK = r.HasTopK ? r.TopK : defaults.TopK,
             MaxNewTokens = r.HasMaxNewTokens ? r.MaxNewTokens : defaults.MaxNewTokens,
             BatchSize = r.HasBatchSize ? r.BatchSize : defaults.BatchSize,
             Seed = r.HasSeed ? r.Seed : defaults.Seed,

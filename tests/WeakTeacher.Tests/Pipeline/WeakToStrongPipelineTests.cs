@@ -45,6 +45,22 @@ public class WeakToStrongPipelineTests
             Assert.Equal(report.Labels, again.Labels);
             Assert.Equal(report.Students.Select(s => s.Mean), again.Students.Select(s => s.Mean));
             Assert.True(again.Stages.Sum(s => s.Seconds) < report.Stages.Sum(s => s.Seconds), "the rerun should reuse finished stages");
+
+            // a margin filter: the label stage is redone (its result says why), and the human baseline trains on the
+            // same kept pairs as the weak-label student; teacher_vs_human keeps its meaning (every pair)
+            var filtered = WeakToStrongPipeline.Run(config with { Labelling = config.Labelling with { MarginQuantile = 0.5 } }, null, ct);
+            string labelsDir = Path.Combine(dir, "run", "labels");
+            using var labelStage = JsonDocument.Parse(File.ReadAllText(Path.Combine(labelsDir, PipelineStages.ResultFile)));
+            Assert.Contains("margin_quantile", labelStage.RootElement.GetProperty("RedoneBecause").GetString());
+            var keptFlags = File.ReadLines(Path.Combine(labelsDir, "labels.jsonl")).Where(l => l.Length > 0)
+                .Select(l => JsonDocument.Parse(l).RootElement.GetProperty("kept").GetBoolean()).ToList();
+            int kept = keptFlags.Count(k => k);
+            Assert.InRange(kept, 1, keptFlags.Count - 1);
+            Assert.Equal(kept, File.ReadLines(Path.Combine(labelsDir, "human-labelled.jsonl")).Count(l => l.Length > 0));
+            var metrics = labelStage.RootElement.GetProperty("Metrics");
+            Assert.Equal(filtered.Labels!.TeacherVsHuman.Rate, metrics.GetProperty("teacher_vs_human").GetDouble(), 9);
+            Assert.Equal(report.Labels!.TeacherVsHuman.Rate, filtered.Labels.TeacherVsHuman.Rate, 9);
+            Assert.True(metrics.TryGetProperty("teacher_vs_human_kept", out _));
         }
         finally
         {
@@ -74,7 +90,7 @@ public class WeakToStrongPipelineTests
             Assert.Equal(Path.Combine(dir, "models", "opt-125m"), config.Teacher.BaseModel);
             Assert.Equal("/abs/opt-1.3b", config.Student.BaseModel);
             Assert.Equal(0.2, config.Teacher.Dpo.Beta);
-            Assert.Equal(WeakTeacher.CudaKernels.PreferenceLossType.Ipo, config.Teacher.Dpo.LossType);
+            Assert.Equal([WeakTeacher.CudaKernels.PreferenceLossType.Ipo], config.Teacher.Dpo.LossTypes);
             Assert.Equal("synthetic", config.Evaluation.GoldScorer);
             Assert.Equal(64, config.Evaluation.MaxNewTokens);
 

@@ -158,13 +158,15 @@ public class TrainerTests
         Assert.False(hit1);
         Assert.True(hit2);
         Assert.Equal(1, loads);
-        Assert.True(Same(first, second));
-        Assert.Equal(new long[] { 5, 2 }, first.shape);
+        Assert.True(Same(first.Logps, second.Logps));
+        Assert.True(Same(first.TokenCounts, second.TokenCounts));
+        Assert.True(Same(first.TailLogps, second.TailLogps));
+        Assert.Equal(new long[] { 5, 2 }, first.Logps.shape);
         var changed = data.Take(4).Append(data[4] with { Chosen = data[4].Chosen + "q" }).ToList();
         using var third = trainer.ReferenceLogProbs(changed, dir.Path, out bool hit3);
         Assert.False(hit3);
         Assert.Equal(2, loads);
-        Assert.True(Same(first.narrow(0, 0, 4), third.narrow(0, 0, 4)));
+        Assert.True(Same(first.Logps.narrow(0, 0, 4), third.Logps.narrow(0, 0, 4)));
         // another reference identity is another key too
         var other = new DpoTrainer(policy, Tok, trainer.Config, ReferenceModel.FromFactory("ref-other", () => { loads++; return TrainingTestKit.Opt(41); }));
         using var fourth = other.ReferenceLogProbs(data, dir.Path, out bool hit4);
