@@ -210,4 +210,38 @@ public sealed class GpuKernelTests
         Assert.Equal("CUDA_ERROR_NOT_FOUND", ex.ErrorName);
         Assert.Contains("cuModuleGetFunction(no_such_kernel)", ex.Message);
     }
+
+    /// <summary>Every TRL loss type on CUDA (the preference kernel where it applies, tensor ops otherwise) gives the
+    /// float64 CPU loss and gradients, with and without WPO weights.</summary>
+    [Theory]
+    [MemberData(nameof(PreferenceLossTypesTests.GradientCases), MemberType = typeof(PreferenceLossTypesTests))]
+    public void EveryPreferenceLossOnCudaMatchesTheCpuDoubles(PreferenceLossType type, double ls, FDivergenceType divergence, bool wpo)
+    {
+        var device = Gpu();
+        var gen = new TorchSharp.torch.Generator(29);
+        const int b = 37;
+        Tensor R() => randn([b], ScalarType.Float64, generator: gen) * 3 - 25;
+        var values = new[] { R(), R(), R(), R() };
+        var counts = (rand([b], ScalarType.Float64, generator: gen) * 20 + 1).floor();
+        var countsRejected = (rand([b], ScalarType.Float64, generator: gen) * 20 + 1).floor();
+        var weights = wpo ? rand([b], ScalarType.Float64, generator: gen) + 0.1 : null;
+        var settings = new PreferenceLossSettings { LossTypes = [type], Beta = 0.2, LabelSmoothing = ls, FDivergence = divergence, AlphaDivergenceCoef = 0.6 };
+        (double Loss, Tensor[] Grads) Run(Device on, ScalarType dtype)
+        {
+            var leaves = values.Select(v => v.to(dtype).to(on).requires_grad_(true)).ToArray();
+            var inputs = new PreferenceLossInputs(leaves[0], leaves[1], leaves[2], leaves[3])
+            {
+                ChosenTokens = counts.to(dtype).to(on), RejectedTokens = countsRejected.to(dtype).to(on),
+                ChosenNll = tensor(1.1, dtype, on), PairWeights = weights?.to(dtype).to(on),
+            };
+            var output = PreferenceScoring.Loss(inputs, settings);
+            output.Loss.backward();
+            return (output.Loss.to(ScalarType.Float64).cpu().item<double>(),
+                leaves.Select(l => l.grad is null ? zeros([b], ScalarType.Float64) : l.grad.to(ScalarType.Float64).cpu()).ToArray());
+        }
+        var (cpuLoss, cpuGrads) = Run(CPU, ScalarType.Float64);
+        var (gpuLoss, gpuGrads) = Run(device, ScalarType.Float32);
+        Assert.Equal(cpuLoss, gpuLoss, 1e-4 * Math.Max(1, Math.Abs(cpuLoss)));
+        for (int i = 0; i < 4; i++) TestData.Close(cpuGrads[i], gpuGrads[i], 1e-6, 1e-3, $"{type} d loss / d input {i}");
+    }
 }
