@@ -4,7 +4,7 @@ namespace WeakTeacher.Engine.Pipeline;
 /// One progress event of a long-running stage (training, labelling, generation): what the gRPC host streams
 /// to watchers and the command line shows as a progress bar. Metric names are TRL's
 /// (loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected,
-/// grad_norm, learning_rate).
+/// logits/chosen, logits/rejected, grad_norm, learning_rate).
 /// </summary>
 public sealed record JobProgress(
     string Stage,
