@@ -17,6 +17,22 @@ node_deps() {
   fi
 }
 
+client_deps() {
+  # the Python and Go example clients the suite runs (examples/generate-stubs.sh, examples/python, examples/go):
+  # Debian's gRPC packages, installed only where one is missing (apt-get update first, once)
+  local pkgs=(python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc
+              golang-go golang-google-grpc-dev golang-goprotobuf-dev) missing=() p
+  command -v dpkg-query >/dev/null || { echo "build.sh: not a Debian system; install ${pkgs[*]} yourself or the client tests fail" >&2; return 0; }
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  local sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo -n)
+  echo "build.sh: installing ${missing[*]}" >&2
+  "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
 nvrtc_for_tests() {
   # NVRTC needs no GPU: with it the NVRTC compile tests build every kernel for sm_80 and sm_90 instead of skipping.
   # Debian ships it in non-free; it is fetched once into .tools/nvrtc from the Debian mirror this machine's apt
@@ -59,6 +75,8 @@ case "$cmd" in
     dotnet build WeakTeacher.Native.sln -c $config -nologo -v minimal "$@" ;;
   test)
     node_deps
+    client_deps
+    export WT_CLIENT_TESTS=required  # the Python/Go client tests fail rather than skip when their toolchain is missing
     nvrtc_for_tests
     dotnet build WeakTeacher.Native.sln -c $config -nologo -v minimal
     dotnet test --solution WeakTeacher.Native.sln -c $config --no-build "$@" ;;
