@@ -26,17 +26,21 @@ builder.Configuration.Bind(options);
 if (options.Devices.Length == 0) options.Devices = ["cpu"];
 var listenUrls = ListenUrls(builder.Configuration);
 var metricsUrl = string.IsNullOrWhiteSpace(options.MetricsUrl) ? null : new Uri(options.MetricsUrl);
-bool keysRequired = ApiKeys.ResolveRequired(options.Auth.Require, metricsUrl is null ? listenUrls : [.. listenUrls, options.MetricsUrl!]);
-if (metricsUrl is not null && builder.Configuration.GetSection("Kestrel:Endpoints").GetChildren().Any())
-    throw new InvalidOperationException("MetricsUrl: with Kestrel:Endpoints configured, add the metrics endpoint there (Protocols: Http1)");
-if (metricsUrl is not null) builder.WebHost.UseUrls([.. listenUrls, options.MetricsUrl!]);
+var httpUrl = string.IsNullOrWhiteSpace(options.HttpUrl) ? null : new Uri(options.HttpUrl);
+// The HTTP/1.1 endpoints (metrics, /get_reward) next to the gRPC ones.
+string[] http1Urls = [.. new[] { options.MetricsUrl, options.HttpUrl }.Where(u => !string.IsNullOrWhiteSpace(u)).Select(u => u!)];
+bool keysRequired = ApiKeys.ResolveRequired(options.Auth.Require, [.. listenUrls, .. http1Urls]);
+if (http1Urls.Length > 0 && builder.Configuration.GetSection("Kestrel:Endpoints").GetChildren().Any())
+    throw new InvalidOperationException("MetricsUrl/HttpUrl: with Kestrel:Endpoints configured, add the HTTP/1.1 endpoints there (Protocols: Http1)");
+if (http1Urls.Length > 0) builder.WebHost.UseUrls([.. listenUrls, .. http1Urls]);
 
 builder.WebHost.ConfigureKestrel(kestrel =>
 {
     // gRPC needs HTTP/2; over cleartext Kestrel cannot negotiate it next to HTTP/1.1, so endpoints are HTTP/2 only,
-    // except the optional metrics endpoint (Prometheus scrapes over HTTP/1.1).
+    // except the optional metrics and HTTP endpoints (Prometheus and OpenRLHF speak HTTP/1.1).
     kestrel.ConfigureEndpointDefaults(endpoint => endpoint.Protocols =
-        metricsUrl is not null && endpoint.IPEndPoint?.Port == metricsUrl.Port ? HttpProtocols.Http1 : HttpProtocols.Http2);
+        (metricsUrl is not null && endpoint.IPEndPoint?.Port == metricsUrl.Port) || (httpUrl is not null && endpoint.IPEndPoint?.Port == httpUrl.Port)
+            ? HttpProtocols.Http1 : HttpProtocols.Http2);
     kestrel.Limits.Http2.MaxStreamsPerConnection = options.Limits.MaxStreamsPerConnection;
     kestrel.Limits.MaxRequestBodySize = null; // uploads are streams of bounded messages
 });
@@ -110,6 +114,7 @@ app.MapGrpcService<LabelingServiceImpl>();
 app.MapGrpcHealthChecksService();
 app.MapGrpcReflectionService();
 app.MapPrometheusScrapingEndpoint("/metrics");
+RemoteRewardEndpoint.Map(app);
 app.MapGet("/", () => "WeakTeacher gRPC host: use a gRPC client (package weakteacher.v1); metrics at /metrics");
 
 await app.RunAsync();

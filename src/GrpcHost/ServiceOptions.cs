@@ -18,6 +18,11 @@ public sealed class ServiceOptions
     /// only reachable over HTTP/2 on the gRPC port.
     /// </summary>
     public string? MetricsUrl { get; set; }
+    /// <summary>
+    /// An extra plain HTTP/1.1 listen URL for the HTTP endpoints: OpenRLHF's remote reward (POST /get_reward) and
+    /// /metrics, e.g. http://127.0.0.1:8080 (API keys apply as on the gRPC endpoints).
+    /// </summary>
+    public string? HttpUrl { get; set; }
     /// <summary>Prepare the embedded default task (base models + datasets) into the data folder at start-up.</summary>
     public bool DefaultTask { get; set; }
     public LimitOptions Limits { get; set; } = new();
@@ -58,4 +63,6 @@ public sealed class LabelingOptions
     public int MaxLength { get; set; } = WeakTeacher.Engine.Data.TokenizationOptions.DefaultMaxLength;
     public int MaxPromptLength { get; set; } = WeakTeacher.Engine.Data.TokenizationOptions.DefaultMaxPromptLength;
     public string Template { get; set; } = "paper";
+    /// <summary>The teacher POST /get_reward scores with when the URL names none (?teacher_model_id=).</summary>
+    public string? RewardTeacherModelId { get; set; }
 }

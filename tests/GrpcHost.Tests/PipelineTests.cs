@@ -11,10 +11,15 @@ public sealed class DefaultTaskHost : IAsyncLifetime
 {
     internal HostProcess Host { get; private set; } = null!;
     internal string TaskDir => Path.Combine(Host.DataDir, "default-task");
+    /// <summary>The host's plain HTTP/1.1 endpoint (HttpUrl): /get_reward, /metrics.</summary>
+    internal Uri HttpBase { get; private set; } = null!;
 
     public async ValueTask InitializeAsync()
     {
-        Host = await HostProcess.StartAsync(extraArgs: ["--default-task", "--DefaultTaskSize", "Tiny"], timeout: TimeSpan.FromMinutes(4));
+        var httpPort = HostProcess.FreePort();
+        HttpBase = new Uri($"http://127.0.0.1:{httpPort}/");
+        Host = await HostProcess.StartAsync(extraArgs: ["--default-task", "--DefaultTaskSize", "Tiny", "--HttpUrl", HttpBase.ToString().TrimEnd('/')],
+            timeout: TimeSpan.FromMinutes(4));
     }
 
     public async ValueTask DisposeAsync() => await Host.DisposeAsync();
@@ -43,7 +48,7 @@ public sealed class DefaultTaskCollection : ICollectionFixture<DefaultTaskHost>;
 [Collection("default-task")]
 public sealed class PipelineTests(DefaultTaskHost shared)
 {
-    private static TrainRequest TeacherRequest(string baseModel, string labelled, int steps, int saveSteps) => new()
+    internal static TrainRequest TeacherRequest(string baseModel, string labelled, int steps, int saveSteps) => new()
     {
         BaseModelId = baseModel,
         LabelledDatasetId = labelled,
@@ -154,7 +159,7 @@ public sealed class PipelineTests(DefaultTaskHost shared)
         }
     }
 
-    private static async Task<Job> WaitForEnd(JobsService.JobsServiceClient jobs, string jobId, TimeSpan? timeout = null)
+    internal static async Task<Job> WaitForEnd(JobsService.JobsServiceClient jobs, string jobId, TimeSpan? timeout = null)
     {
         using var watch = jobs.WatchJob(new WatchJobRequest { JobId = jobId }, deadline: DateTime.UtcNow + (timeout ?? TimeSpan.FromMinutes(3)));
         await foreach (var _ in watch.ResponseStream.ReadAllAsync()) { }

@@ -179,6 +179,37 @@ public sealed class WeakLabeler : IDisposable
     }
 
     /// <summary>
+    /// The teacher's reward of each (prompt, response) on its own, as one side of <see cref="LabelBatch"/> gets it: a DPO
+    /// teacher's implicit reward log pi(y|x) - log pi_ref(y|x) of the response tokens, or the reward model's score.
+    /// The texts are taken as given (already templated). Thread-safe like <see cref="LabelBatch"/>.
+    /// </summary>
+    public IReadOnlyList<double> ScoreBatch(IReadOnlyList<(string Prompt, string Response)> sequences)
+    {
+        ArgumentNullException.ThrowIfNull(sequences);
+        if (sequences.Count == 0) return Array.Empty<double>();
+        lock (_gate)
+        {
+            using var noGrad = no_grad();
+            using var scope = NewDisposeScope();
+            var tokenized = sequences.Select(s => _rules.TokenizeSequence(s.Prompt, s.Response)).ToList();
+            Tensor rewards;
+            if (_rewardModel is not null)
+            {
+                using var batch = Collator.CollateSequences(tokenized, _tokenizer.PadTokenId, _rewardModel.Device);
+                rewards = _rewardModel.forward(batch.InputIds, batch.AttentionMask);
+            }
+            else
+            {
+                using var batch = Collator.CollateSequences(tokenized, _tokenizer.PadTokenId, _policy!.Device);
+                var policy = ResponseLogProbs.Compute(_policy, batch.InputIds, batch.AttentionMask, batch.ResponseMask);
+                var reference = ResponseLogProbs.Compute(_reference!, batch.InputIds, batch.AttentionMask, batch.ResponseMask).to(policy.device);
+                rewards = policy - reference;
+            }
+            return rewards.cpu().to(ScalarType.Float64).data<double>().ToArray();
+        }
+    }
+
+    /// <summary>
     /// Labels every pair, in batches of <paramref name="batchSize"/> in input order. With <paramref name="marginQuantile"/>
     /// q &gt; 0 only pairs whose |margin| is at or above the q-quantile of all |margins| are kept (0 keeps all, as the paper).
     /// </summary>

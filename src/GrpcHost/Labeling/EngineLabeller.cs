@@ -15,6 +15,8 @@ internal static class EngineLabeller
         public IReadOnlyList<PairLabel> Label(IReadOnlyList<WeakTeacher.Engine.Data.UnlabelledPair> pairs) =>
             labeler.LabelBatch(pairs).Select(l => new PairLabel(l.Label, l.RewardA, l.RewardB, l.Margin)).ToList();
 
+        public IReadOnlyList<double> Score(IReadOnlyList<(string Prompt, string Response)> sequences) => labeler.ScoreBatch(sequences);
+
         public void Dispose() => labeler.Dispose();
     }
 #else

@@ -10,22 +10,42 @@ namespace WeakTeacher.GrpcHost.Labeling;
 /// <summary>One pair's label: <see cref="ChosenIndex"/> 0 = A preferred, 1 = B.</summary>
 internal sealed record PairLabel(int ChosenIndex, double RewardA, double RewardB, double Margin);
 
-/// <summary>A loaded teacher that labels batches of pairs (the engine's WeakLabeler).</summary>
+/// <summary>A loaded teacher that labels batches of pairs and scores batches of single responses (the engine's WeakLabeler).</summary>
 internal interface ITeacherLabeller : IDisposable
 {
     IReadOnlyList<PairLabel> Label(IReadOnlyList<UnlabelledPair> pairs);
+    /// <summary>The teacher's reward of each (prompt, response), the texts taken as given.</summary>
+    IReadOnlyList<double> Score(IReadOnlyList<(string Prompt, string Response)> sequences);
 }
 
-internal sealed record PendingPair(string TeacherId, UnlabelledPair Pair, TaskCompletionSource<PairLabel> Result);
+/// <summary>Work waiting for a device batch: a pair to label (LabelStream) or a response to score (/get_reward).</summary>
+internal abstract record Pending(string TeacherId)
+{
+    public abstract void Fail(Exception e);
+    public abstract void Cancel();
+}
+
+internal sealed record PendingPair(string TeacherId, UnlabelledPair Pair, TaskCompletionSource<PairLabel> Result) : Pending(TeacherId)
+{
+    public override void Fail(Exception e) => Result.TrySetException(e);
+    public override void Cancel() => Result.TrySetCanceled();
+}
+
+internal sealed record PendingScore(string TeacherId, string Prompt, string Response, TaskCompletionSource<double> Result) : Pending(TeacherId)
+{
+    public override void Fail(Exception e) => Result.TrySetException(e);
+    public override void Cancel() => Result.TrySetCanceled();
+}
 
 /// <summary>
-/// The micro-batching queue of the streaming labeller: pairs from every open LabelStream wait here; one loop takes the
+/// The micro-batching queue of the streaming labeller: pairs from every open LabelStream (and responses from every
+/// /get_reward request) wait here; one loop takes the
 /// first pair, gathers more for up to Labeling:MaxWaitMilliseconds or until Labeling:MaxBatchSize, and labels them with
 /// the teacher, which is loaded once and kept while requests for it keep coming.
 /// </summary>
 internal sealed class LabelBatcher : BackgroundService
 {
-    private readonly Channel<PendingPair> queue = Channel.CreateBounded<PendingPair>(new BoundedChannelOptions(4096) { SingleReader = true });
+    private readonly Channel<Pending> queue = Channel.CreateBounded<Pending>(new BoundedChannelOptions(4096) { SingleReader = true });
     private readonly ServiceOptions options;
     private readonly Catalog catalog;
     private readonly HostMetrics metrics;
@@ -51,9 +71,17 @@ internal sealed class LabelBatcher : BackgroundService
         return await pending.Result.Task.WaitAsync(ct);
     }
 
+    /// <summary>The teacher's reward of one (prompt, response), batched with everything else waiting for the device.</summary>
+    public async Task<double> ScoreAsync(string teacherId, string prompt, string response, CancellationToken ct)
+    {
+        var pending = new PendingScore(teacherId, prompt, response, new TaskCompletionSource<double>(TaskCreationOptions.RunContinuationsAsynchronously));
+        await queue.Writer.WriteAsync(pending, ct);
+        return await pending.Result.Task.WaitAsync(ct);
+    }
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        var batch = new List<PendingPair>();
+        var batch = new List<Pending>();
         try
         {
             while (await queue.Reader.WaitToReadAsync(stoppingToken))
@@ -83,19 +111,29 @@ internal sealed class LabelBatcher : BackgroundService
         finally
         {
             loaded?.Labeller.Dispose();
-            while (queue.Reader.TryRead(out var left)) left.Result.TrySetCanceled();
+            while (queue.Reader.TryRead(out var left)) left.Cancel();
         }
     }
 
-    private void LabelGroup(string teacherId, List<PendingPair> group)
+    private void LabelGroup(string teacherId, List<Pending> group)
     {
         try
         {
             var labeller = Teacher(teacherId);
             var clock = Stopwatch.StartNew();
-            var labels = labeller.Label(group.Select(p => p.Pair).ToList());
+            var pairs = group.OfType<PendingPair>().ToList();
+            if (pairs.Count > 0)
+            {
+                var labels = labeller.Label(pairs.Select(p => p.Pair).ToList());
+                for (int i = 0; i < pairs.Count; i++) pairs[i].Result.TrySetResult(labels[i]);
+            }
+            var scores = group.OfType<PendingScore>().ToList();
+            if (scores.Count > 0)
+            {
+                var rewards = labeller.Score(scores.Select(p => (p.Prompt, p.Response)).ToList());
+                for (int i = 0; i < scores.Count; i++) scores[i].Result.TrySetResult(rewards[i]);
+            }
             metrics.LabelBatch(group.Count, clock.Elapsed);
-            for (int i = 0; i < group.Count; i++) group[i].Result.TrySetResult(labels[i]);
         }
         catch (Exception e)
         {
@@ -105,7 +143,7 @@ internal sealed class LabelBatcher : BackgroundService
             };
             if (((RpcException)failure).StatusCode == StatusCode.ResourceExhausted) { loaded?.Labeller.Dispose(); loaded = null; }
             logger.LogError(e, "Labelling a batch of {Pairs} pairs with teacher {TeacherId} failed", group.Count, teacherId);
-            foreach (var p in group) p.Result.TrySetException(failure);
+            foreach (var p in group) p.Fail(failure);
         }
     }
 

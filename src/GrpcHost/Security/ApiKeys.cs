@@ -30,6 +30,20 @@ internal sealed class ApiKeys
 
     public static string NewKey() => "wt_" + Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)).TrimEnd('=').Replace('+', '-').Replace('/', '_');
 
+    /// <summary>
+    /// Why a request with this `authorization` header is refused, or null when it may pass (keys not required, or a
+    /// valid `Bearer &lt;key&gt;`). One rule for gRPC calls and the plain HTTP endpoints.
+    /// </summary>
+    public string? Refusal(string? authorization)
+    {
+        if (!Required) return null;
+        if (string.IsNullOrEmpty(authorization)) return "authorization: missing; send 'authorization: Bearer <api key>'";
+        const string scheme = "Bearer ";
+        if (!authorization.StartsWith(scheme, StringComparison.OrdinalIgnoreCase) || authorization.Length == scheme.Length)
+            return "authorization: expected 'Bearer <api key>'";
+        return IsValid(authorization[scheme.Length..].Trim()) ? null : "authorization: the API key is not valid";
+    }
+
     /// <summary>Compares the key's hash against every known hash in constant time per comparison.</summary>
     public bool IsValid(string key)
     {

@@ -11,15 +11,9 @@ internal sealed class AuthInterceptor(ApiKeys keys, StreamSlots slots) : Interce
 {
     private void Authenticate(ServerCallContext context)
     {
-        if (!keys.Required || context.Method.StartsWith("/grpc.health.v1.Health/", StringComparison.Ordinal)) return;
-        var header = context.RequestHeaders.GetValue("authorization");
-        if (string.IsNullOrEmpty(header))
-            throw new RpcException(new Status(StatusCode.Unauthenticated, "authorization: missing; send 'authorization: Bearer <api key>'"));
-        const string scheme = "Bearer ";
-        if (!header.StartsWith(scheme, StringComparison.OrdinalIgnoreCase) || header.Length == scheme.Length)
-            throw new RpcException(new Status(StatusCode.Unauthenticated, "authorization: expected 'Bearer <api key>'"));
-        if (!keys.IsValid(header[scheme.Length..].Trim()))
-            throw new RpcException(new Status(StatusCode.Unauthenticated, "authorization: the API key is not valid"));
+        if (context.Method.StartsWith("/grpc.health.v1.Health/", StringComparison.Ordinal)) return;
+        if (keys.Refusal(context.RequestHeaders.GetValue("authorization")) is { } refusal)
+            throw new RpcException(new Status(StatusCode.Unauthenticated, refusal));
     }
 
     public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context,
