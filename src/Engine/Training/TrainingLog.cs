@@ -8,7 +8,7 @@ namespace WeakTeacher.Engine.Training;
 
 /// <summary>
 /// Where a run's metrics go: metrics.jsonl in the output folder (one object per logged step: "step" then the TRL names),
-/// an <see cref="IProgress{JobProgress}"/> callback, and the console (a progress bar with ETA on a terminal, plain lines
+/// a TensorBoard event file beside it (<see cref="TensorBoardWriter"/>), an <see cref="IProgress{JobProgress}"/> callback, and the console (a progress bar with ETA on a terminal, plain lines
 /// when stdout is redirected).
 /// </summary>
 public sealed class TrainingLog : IDisposable
@@ -20,6 +20,7 @@ public sealed class TrainingLog : IDisposable
     private readonly bool _console;
     private readonly bool _terminal;
     private readonly StreamWriter? _writer;
+    private readonly TensorBoardWriter? _tensorBoard;
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly int _startStep;
     private int _lastConsoleLength;
@@ -38,6 +39,7 @@ public sealed class TrainingLog : IDisposable
             var path = Path.Combine(outputDir, MetricsFile);
             if (File.Exists(path)) KeepRowsUpTo(path, truncateAfterStep);
             _writer = new StreamWriter(new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read), new UTF8Encoding(false));
+            _tensorBoard = new TensorBoardWriter(outputDir, resumedAtStep: startStep);
         }
     }
 
@@ -58,6 +60,7 @@ public sealed class TrainingLog : IDisposable
             _writer.WriteLine(row.ToString());
             _writer.Flush();
         }
+        _tensorBoard?.Write(step, metrics);
         _progress?.Report(new JobProgress(_stage, step, totalSteps, metrics, tokensPerSecond, eta));
         if (_console) WriteConsole(step, totalSteps, metrics, eta);
     }
@@ -117,5 +120,6 @@ public sealed class TrainingLog : IDisposable
     {
         Finish();
         _writer?.Dispose();
+        _tensorBoard?.Dispose();
     }
 }
