@@ -93,7 +93,7 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
                 ReferenceLogProbs.ForwardBlock(logits.to(ScalarType.Float32), labelsBlock, ignoreIndex,
                     token.narrow(0, start, rows), lse.narrow(0, start, rows));
         }
-        if (!cuda) sequence.index_add_(0, seqIndex, token, 1);
+        if (!cuda) sequence.IndexAddInPlace(0, seqIndex, token);
         ctx.save_for_backward([hidden, weight, labels, seqIndex, lse]);
         ctx.save_data("ignoreIndex", ignoreIndex);
         ctx.save_data("chunkRows", chunkRows);
@@ -174,12 +174,12 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
                     {
                         var target = dHidden32.narrow(0, start, rows);
                         if (full) target.addmm_(dlogits, weightSlice);
-                        else target.add_(dlogits.mm(weightSlice));
+                        else target.AddInPlace(dlogits.mm(weightSlice));
                     }
                     if (dWeightSlice is not null)
                     {
                         if (full) dWeightSlice.addmm_(dlogits.t(), hiddenBlock);
-                        else dWeightSlice.add_(dlogits.t().mm(hiddenBlock));
+                        else dWeightSlice.AddInPlace(dlogits.t().mm(hiddenBlock));
                     }
                 }
                 if (dWeightSlice is not null && !full) dWeight!.narrow(0, col, cols).copy_(dWeightSlice);

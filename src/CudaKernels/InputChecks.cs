@@ -41,8 +41,8 @@ internal static class InputChecks
     {
         if (!KernelSettings.ValidateIndices || labels.shape[0] == 0) return;
         using var scope = NewDisposeScope();
-        var badLabel = (labels.lt(0) | labels.ge(vocab)) & labels.ne(ignoreIndex);
-        var badSeq = seqIndex.lt(0) | seqIndex.ge(numSequences);
+        var badLabel = (labels.Lt(0) | labels.Ge(vocab)) & labels.Ne(ignoreIndex);
+        var badSeq = seqIndex.Lt(0) | seqIndex.Ge(numSequences);
         if (!(badLabel | badSeq).any().cpu().item<bool>()) return;
         if (badLabel.any().cpu().item<bool>())
         {

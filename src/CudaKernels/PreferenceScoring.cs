@@ -315,8 +315,8 @@ public static class PreferenceScoring
         var rewardA = (policyA - referenceA).to(ScalarType.Float32);
         var rewardB = (policyB - referenceB).to(ScalarType.Float32);
         var margin = rewardA - rewardB;
-        var labels = margin.lt(0).to(ScalarType.Int64);
-        var confidence = (margin.abs() * beta).sigmoid();
+        var labels = margin.Lt(0).to(ScalarType.Int64);
+        var confidence = margin.abs().Mul(beta).sigmoid();
         return new ImplicitRewardLabels(rewardA, rewardB, margin, labels, confidence);
     }
 
@@ -324,21 +324,21 @@ public static class PreferenceScoring
         PreferenceLossType type, double beta, double ls)
     {
         var logits = (policyChosen - policyRejected) - (referenceChosen - referenceRejected);
-        var z = logits * beta;
+        var z = logits.Mul(beta);
         Tensor losses = type switch
         {
-            PreferenceLossType.Sigmoid => -nn.functional.logsigmoid(z) * (1 - ls) - nn.functional.logsigmoid(-z) * ls,
-            PreferenceLossType.Robust => (-nn.functional.logsigmoid(z) * (1 - ls) + nn.functional.logsigmoid(-z) * ls) / (1 - 2 * ls),
-            PreferenceLossType.Hinge => nn.functional.relu(1 - z),
-            PreferenceLossType.Ipo => (logits - 1 / (2 * beta)).square(),
+            PreferenceLossType.Sigmoid => (-nn.functional.logsigmoid(z)).Mul(1 - ls) - nn.functional.logsigmoid(-z).Mul(ls),
+            PreferenceLossType.Robust => (-nn.functional.logsigmoid(z)).Mul(1 - ls).Add(nn.functional.logsigmoid(-z).Mul(ls)).Div(1 - 2 * ls),
+            PreferenceLossType.Hinge => nn.functional.relu(z.SubtractFrom(1.0)),
+            PreferenceLossType.Ipo => logits.Sub(1 / (2 * beta)).Square(),
             _ => throw new ArgumentOutOfRangeException(nameof(type)),
         };
         var loss = losses.mean();
         Tensor chosen, rejected;
         using (no_grad())
         {
-            chosen = ((policyChosen - referenceChosen) * beta).detach();
-            rejected = ((policyRejected - referenceRejected) * beta).detach();
+            chosen = (policyChosen - referenceChosen).Mul(beta).detach();
+            rejected = (policyRejected - referenceRejected).Mul(beta).detach();
         }
         return new PreferenceLossOutput(loss, chosen, rejected, chosen.gt(rejected).to(ScalarType.Float32), chosen - rejected);
     }

@@ -19,12 +19,12 @@ internal static class ReferenceLogProbs
     /// given [rows] slices.</summary>
     internal static void ForwardBlock(Tensor x32, Tensor labels, long ignoreIndex, Tensor tokenOut, Tensor lseOut)
     {
-        var ignored = labels.eq(ignoreIndex);
-        var safe = labels.masked_fill(ignored, 0);
+        var ignored = labels.Eq(ignoreIndex);
+        var safe = labels.MaskedFill(ignored, 0L);
         var lse = x32.logsumexp(1, keepdim: false);
         var picked = x32.gather(1, safe.unsqueeze(1)).squeeze(1);
-        tokenOut.copy_((picked - lse).masked_fill(ignored, 0.0));
-        lseOut.copy_(lse.masked_fill(ignored, 0.0));
+        tokenOut.copy_((picked - lse).MaskedFill(ignored, 0.0));
+        lseOut.copy_(lse.MaskedFill(ignored, 0.0));
     }
 
     /// <summary>Backward of one block, in place on x32: dlogits = g * (onehot(label) - exp(x - lse)), where g is
@@ -33,24 +33,24 @@ internal static class ReferenceLogProbs
     internal static Tensor BackwardBlock(Tensor x32, Tensor labels, long ignoreIndex, Tensor lse, Tensor rowGrad, long columnOffset = 0)
     {
         long width = x32.shape[1];
-        var local = labels - columnOffset;
-        var inSlice = labels.ne(ignoreIndex) & local.ge(0) & local.lt(width);
+        var local = labels.Sub(columnOffset);
+        var inSlice = labels.Ne(ignoreIndex) & local.Ge(0) & local.Lt(width);
         var d = x32.sub_(lse.unsqueeze(1)).exp_().mul_(rowGrad.neg().unsqueeze(1));
-        return d.scatter_add_(1, local.masked_fill(inSlice.logical_not(), 0).unsqueeze(1),
-            rowGrad.masked_fill(inSlice.logical_not(), 0.0).unsqueeze(1));
+        return d.scatter_add_(1, local.MaskedFill(inSlice.logical_not(), 0L).unsqueeze(1),
+            rowGrad.MaskedFill(inSlice.logical_not(), 0.0).unsqueeze(1));
     }
 
     /// <summary>Per-row upstream gradient: g_tok + g_seq[seqIndex], zero on ignored rows.</summary>
     internal static Tensor RowGrad(Tensor gradToken, Tensor gradSequence, Tensor labels, Tensor seqIndex, long ignoreIndex)
     {
-        var ignored = labels.eq(ignoreIndex);
-        var safeSeq = seqIndex.masked_fill(ignored, 0);
+        var ignored = labels.Eq(ignoreIndex);
+        var safeSeq = seqIndex.MaskedFill(ignored, 0L);
         var fromSequence = gradSequence.numel() == 0
             ? zeros_like(gradToken, ScalarType.Float32)
             : gradSequence.to(ScalarType.Float32).index_select(0, safeSeq);
-        return (gradToken.to(ScalarType.Float32) + fromSequence).masked_fill(ignored, 0.0);
+        return gradToken.to(ScalarType.Float32).Add(fromSequence).MaskedFill(ignored, 0.0);
     }
 
     internal static Tensor SequenceSums(Tensor tokenLogps, Tensor seqIndex, int numSequences) =>
-        zeros(numSequences, ScalarType.Float32, tokenLogps.device).index_add_(0, seqIndex, tokenLogps, 1);
+        zeros(numSequences, ScalarType.Float32, tokenLogps.device).IndexAddInPlace(0, seqIndex, tokenLogps);
 }

@@ -1,3 +1,4 @@
+using WeakTeacher.CudaKernels;
 using TorchSharp;
 using WeakTeacher.Engine.Models;
 using WeakTeacher.Engine.Tokenization;
@@ -234,23 +235,23 @@ public static class Generator
     internal static Tensor ChooseNext(Tensor logits, int step, GenerationOptions options, Tensor? eosIndex, torch.Generator? sampler)
     {
         if (step < options.MinNewTokens && eosIndex is not null)
-            logits = logits.index_fill(1, eosIndex, float.NegativeInfinity);
+            logits = logits.IndexFill(1, eosIndex, double.NegativeInfinity);
         if (!options.DoSample) return logits.argmax(-1);
-        if (options.Temperature != 1.0) logits = logits / options.Temperature;
+        if (options.Temperature != 1.0) logits = logits.Div(options.Temperature);
         long vocab = logits.shape[^1];
         if (options.TopK > 0 && options.TopK < vocab)
         {
             var kth = logits.topk(options.TopK, dim: -1).values.narrow(-1, options.TopK - 1, 1);
-            logits = logits.masked_fill(logits < kth, float.NegativeInfinity);
+            logits = logits.MaskedFill(logits < kth, double.NegativeInfinity);
         }
         if (options.TopP < 1.0)
         {
             // drop the low tail whose total probability is at most 1 - TopP; always keep the most likely token
             var (sorted, indices) = logits.sort(-1, descending: false);
             var cumulative = sorted.softmax(-1).cumsum(-1);
-            var remove = cumulative <= (1.0 - options.TopP);
-            remove.select(-1, -1).fill_(false);
-            logits = logits.masked_fill(remove.scatter(-1, indices, remove), float.NegativeInfinity);
+            var remove = cumulative.Le(1.0 - options.TopP);
+            remove.select(-1, -1).FillInPlace(false);
+            logits = logits.MaskedFill(remove.scatter(-1, indices, remove), double.NegativeInfinity);
         }
         var probs = logits.softmax(-1);
         return torch.multinomial(probs, 1, replacement: false, generator: sampler).squeeze(-1);

@@ -87,7 +87,7 @@ public static class ResponseLogProbs
         var (sequence, tokens, rowIndex, counts) = Run(model, inputIds, attentionMask, responseMask);
         long b = inputIds.shape[0], t = inputIds.shape[1];
         // token at position t (the label) gets the log-prob predicted from row t - 1
-        var perToken = zeros(b * t, float32, sequence.device).index_add(0, rowIndex + 1, tokens, 1).view(b, t);
+        var perToken = zeros(b * t, float32, sequence.device).index_add(0, rowIndex.Add(1L), tokens, ScalarOps.One).view(b, t);
         return new ResponseLogProbsResult(sequence.MoveToOuterDisposeScope(), perToken.MoveToOuterDisposeScope(), counts.MoveToOuterDisposeScope());
     }
 
@@ -156,12 +156,12 @@ public static class ResponseLogProbs
         var hidden = model.ForwardHidden(ids, mask);                          // [B, T, H]
 
         // rows t = 0 .. T-2 predict token t + 1; keep those whose label is a response token
-        var scored = responseMask.to(device).narrow(1, 1, t - 1).ne(0);        // [B, T-1]
+        var scored = responseMask.to(device).narrow(1, 1, t - 1).Ne(0);        // [B, T-1]
         var where = scored.nonzero();                                          // [N, 2] (sequence, row)
         var sequenceIndex = where.select(1, 0).contiguous();
-        var rowIndex = sequenceIndex * t + where.select(1, 1);                 // row in the flattened [B*T, H]
+        var rowIndex = sequenceIndex.Mul(t).Add(where.select(1, 1));                // row in the flattened [B*T, H]
         var rows = hidden.reshape(b * t, hidden.shape[2]).index_select(0, rowIndex);
-        var labels = ids.reshape(b * t).index_select(0, rowIndex + 1);
+        var labels = ids.reshape(b * t).index_select(0, rowIndex.Add(1L));
         var (tokens, sequence) = FusedHeadLogProbs.Compute(rows, model.OutputWeight, labels, sequenceIndex, (int)b);
         // TorchSharp's custom-autograd node fills the gradient of an unused output with zeros_like(that output object),
         // so the raw outputs must outlive this call even when only the sequence sums are used: leave them to the GC

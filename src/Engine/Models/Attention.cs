@@ -1,4 +1,5 @@
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using static TorchSharp.torch;
 
 namespace WeakTeacher.Engine.Models;
@@ -18,11 +19,11 @@ internal static class Attention
         long total = attentionMask.shape[1];
         long past = total - queryLength;
         var device = attentionMask.device;
-        var query = arange(past, total, int64, device).unsqueeze(1);   // [T, 1] absolute positions of the queries
-        var key = arange(0, total, int64, device).unsqueeze(0);        // [1, S]
+        var query = ScalarOps.Arange(past, total, int64, device).unsqueeze(1);   // [T, 1] absolute positions of the queries
+        var key = ScalarOps.Arange(0, total, int64, device).unsqueeze(0); // [1, S]
         var causal = key.le(query);                                     // [T, S]
         var self = key.eq(query);
-        var keyIsReal = attentionMask.ne(0).unsqueeze(1).unsqueeze(1);  // [B, 1, 1, S]
+        var keyIsReal = attentionMask.Ne(0).unsqueeze(1).unsqueeze(1);  // [B, 1, 1, S]
         return causal.unsqueeze(0).unsqueeze(0).logical_and(keyIsReal).logical_or(self).MoveToOuterDisposeScope();
     }
 
@@ -34,7 +35,7 @@ internal static class Attention
     {
         using var scope = NewDisposeScope();
         var mask = attentionMask.to(int64);
-        var positions = (mask.cumsum(1) * mask - 1).clamp_min(0);
+        var positions = (mask.cumsum(1) * mask).Sub(1L).ClampMin(0L);
         long total = attentionMask.shape[1];
         return positions.narrow(1, total - queryLength, queryLength).MoveToOuterDisposeScope();
     }

@@ -1,4 +1,5 @@
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -66,11 +67,11 @@ public static class CausalLMFactory
                     embedding.weight!.normal_(0, std, generator);
                     break;
                 case LayerNorm norm:
-                    norm.weight?.fill_(1.0);
+                    norm.weight?.FillInPlace(1.0);
                     norm.bias?.zero_();
                     break;
                 case RMSNorm rms:
-                    rms.weight.fill_(1.0);
+                    rms.weight.FillInPlace(1.0);
                     break;
             }
         }

@@ -1,4 +1,5 @@
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -49,7 +50,7 @@ internal sealed class Gpt2Transformer : nn.Module
         using var scope = NewDisposeScope();
         long length = inputIds.shape[1];
         var positions = Attention.Positions(attentionMask, length);
-        var hidden = wte.forward(inputIds) + wpe.forward(positions);
+        var hidden = wte.forward(inputIds).Add(wpe.forward(positions));
         hidden = drop.forward(hidden);
         var mask = Attention.CausalPaddingMask(attentionMask, length);
         for (int i = 0; i < h.Count; i++) hidden = h[i].Forward(hidden, mask, cache, i);
@@ -91,7 +92,7 @@ internal sealed class Gpt2Attention : nn.Module
         var k = Attention.SplitHeads(qkv[1], _heads, _headDim);
         var v = Attention.SplitHeads(qkv[2], _heads, _headDim);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);
-        if (_queryScale != 1.0) q = q * _queryScale;
+        if (_queryScale != 1.0) q = q.Mul(_queryScale);
         var dtype = q.dtype;
         // reorder_and_upcast_attn: scores and softmax in fp32 for stability of half-precision training
         var attended = _upcast && dtype != float32
@@ -143,8 +144,8 @@ internal sealed class Gpt2Block : nn.Module
     public Tensor Forward(Tensor hidden, Tensor mask, KvCache? cache, int layer)
     {
         using var scope = NewDisposeScope();
-        hidden = hidden + attn.Forward(ln_1.forward(hidden), mask, cache, layer);
-        hidden = hidden + mlp.Forward(ln_2.forward(hidden));
+        hidden = hidden.Add(attn.Forward(ln_1.forward(hidden), mask, cache, layer));
+        hidden = hidden.Add(mlp.Forward(ln_2.forward(hidden)));
         return hidden.MoveToOuterDisposeScope();
     }
 }

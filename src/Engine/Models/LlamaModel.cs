@@ -1,4 +1,5 @@
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -89,7 +90,7 @@ public static class Rope
         var x1 = x.narrow(-1, 0, half);
         var x2 = x.narrow(-1, half, half);
         var rotated = cat(new[] { x2.neg(), x1 }, -1);
-        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+        return (x * cos).Add(rotated * sin).MoveToOuterDisposeScope();
     }
 }
 
@@ -110,7 +111,7 @@ public sealed class RMSNorm : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var x32 = x.to(float32);
-        var normalised = x32 * (x32.pow(2).mean(new long[] { -1 }, keepdim: true) + _eps).rsqrt();
+        var normalised = x32 * x32.Square().mean(new long[] { -1 }, keepdim: true).Add(_eps).rsqrt();
         return (weight * normalised.to(x.dtype)).MoveToOuterDisposeScope();
     }
 }
@@ -214,8 +215,8 @@ internal sealed class LlamaDecoderLayer : nn.Module
     public Tensor Forward(Tensor hidden, Tensor mask, Tensor cos, Tensor sin, KvCache? cache, int layer)
     {
         using var scope = NewDisposeScope();
-        hidden = hidden + self_attn.Forward(input_layernorm.forward(hidden), mask, cos, sin, cache, layer);
-        hidden = hidden + mlp.Forward(post_attention_layernorm.forward(hidden));
+        hidden = hidden.Add(self_attn.Forward(input_layernorm.forward(hidden), mask, cos, sin, cache, layer));
+        hidden = hidden.Add(mlp.Forward(post_attention_layernorm.forward(hidden)));
         return hidden.MoveToOuterDisposeScope();
     }
 }

@@ -1,4 +1,5 @@
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -70,10 +71,10 @@ internal sealed class OptDecoder : nn.Module
     {
         using var scope = NewDisposeScope();
         long length = inputIds.shape[1];
-        var positions = Attention.Positions(attentionMask, length) + PositionOffset;
+        var positions = Attention.Positions(attentionMask, length).Add((long)PositionOffset);
         var hidden = embed_tokens.forward(inputIds);
         if (project_in is not null) hidden = project_in.forward(hidden);
-        hidden = hidden + embed_positions.forward(positions);
+        hidden = hidden.Add(embed_positions.forward(positions));
         var mask = Attention.CausalPaddingMask(attentionMask, length);
         for (int i = 0; i < layers.Count; i++) hidden = layers[i].Forward(hidden, mask, cache, i);
         if (final_layer_norm is not null) hidden = final_layer_norm.forward(hidden);
@@ -144,14 +145,14 @@ internal sealed class OptDecoderLayer : nn.Module
         var residual = hidden;
         if (_normBefore) hidden = self_attn_layer_norm.forward(hidden);
         hidden = self_attn.Forward(hidden, mask, cache, layer);
-        hidden = residual + dropout.forward(hidden);
+        hidden = residual.Add(dropout.forward(hidden));
         if (!_normBefore) hidden = self_attn_layer_norm.forward(hidden);
 
         // feed-forward block
         residual = hidden;
         if (_normBefore) hidden = final_layer_norm.forward(hidden);
         hidden = fc2.forward(Activations.Apply(_activation, fc1.forward(hidden)));
-        hidden = residual + dropout.forward(hidden);
+        hidden = residual.Add(dropout.forward(hidden));
         if (!_normBefore) hidden = final_layer_norm.forward(hidden);
         return hidden.MoveToOuterDisposeScope();
     }

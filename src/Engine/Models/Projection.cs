@@ -1,4 +1,5 @@
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -43,8 +44,8 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
             : nn.functional.linear(x, weight, bias);
         if (lora_A is null || lora_B is null) return y;
         using var scope = NewDisposeScope();
-        var update = lora_B.forward(lora_A.forward(lora_dropout!.forward(x))) * LoraScaling;
-        return (y + update).MoveToOuterDisposeScope();
+        var update = lora_B.forward(lora_A.forward(lora_dropout!.forward(x))).Mul(LoraScaling);
+        return y.Add(update).MoveToOuterDisposeScope();
     }
 
     private long[] OutShape(Tensor x)
@@ -70,7 +71,7 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
         {
             // kaiming_uniform_(a = sqrt(5)) is U(-1/sqrt(in), 1/sqrt(in)); drawn here so the generator can be chosen
             double bound = 1.0 / Math.Sqrt(InFeatures);
-            lora_A.weight!.copy_((rand(lora_A.weight!.shape, ScalarType.Float32, generator: generator) * (2 * bound) - bound).to(dtype, device));
+            lora_A.weight!.copy_(rand(lora_A.weight!.shape, ScalarType.Float32, generator: generator).Mul(2 * bound).Sub(bound).to(dtype, device));
             lora_B.weight!.zero_();
         }
         // a registered child (PEFT's lora_dropout), so train()/eval() and disable_dropout reach it
@@ -90,9 +91,10 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     {
         if (lora_A is null || lora_B is null) return;
         using (no_grad())
+        using (NewDisposeScope())
         {
-            var delta = lora_B.weight!.matmul(lora_A.weight!) * LoraScaling; // [out, in]
-            weight.add_(FanInFanOut ? delta.t() : delta);
+            var delta = lora_B.weight!.matmul(lora_A.weight!).Mul(LoraScaling); // [out, in]
+            weight.AddInPlace(FanInFanOut ? delta.t() : delta);
         }
         RemoveLora();
         weight.requires_grad = true;

@@ -136,7 +136,7 @@ public sealed class DpoTrainer
             using var policy = ResponseLogProbs.ComputeDetailed(trainer._policy, batch.InputIds, batch.AttentionMask, batch.ResponseMask,
                 wpo: config.UseWeighting);
             // LD-DPO (TRL v1.9.0 L1349-1361): shared + ld_alpha * tail
-            var logps = config.LdAlpha is double a ? policy.SequenceLogps - policy.PairTailLogps(b) * (1 - a) : policy.SequenceLogps;
+            var logps = config.LdAlpha is double a ? policy.SequenceLogps - policy.PairTailLogps(b).Mul(1 - a) : policy.SequenceLogps;
             var policyChosen = logps.narrow(0, 0, b);
             var policyRejected = logps.narrow(0, b, b);
             var counts = policy.TokenCounts.to(ScalarType.Float32);
@@ -147,13 +147,13 @@ public sealed class DpoTrainer
                 RejectedTokens = counts.narrow(0, b, b),
                 // TRL's sft term: cross-entropy over every chosen response token of the batch (L1542-1549)
                 ChosenNll = settings.LossTypes.Contains(PreferenceLossType.Sft)
-                    ? -policy.SequenceLogps.narrow(0, 0, b).sum() / counts.narrow(0, 0, b).sum().clamp_min(1)
+                    ? -policy.SequenceLogps.narrow(0, 0, b).sum() / counts.narrow(0, 0, b).sum().ClampMin(1.0)
                     : null,
                 PairWeights = policy.WpoLogWeights is { } w ? w.exp().narrow(0, 0, b) * w.exp().narrow(0, b, b) : null,
             };
             var output = PreferenceScoring.Loss(inputs, settings);
             // the loss is the batch mean: times B gives the batch sum, normalised over the whole step by lossScale
-            (output.Loss * (b * lossScale)).backward();
+            output.Loss.Mul(b * lossScale).backward();
             sums.Add("loss", output.Loss.item<float>() * b, b);
             sums.AddItems("rewards/chosen", output.ChosenRewards);
             sums.AddItems("rewards/rejected", output.RejectedRewards);

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using TorchSharp.Modules;
 using WeakTeacher.Engine.Checkpoints;
 using WeakTeacher.Engine.Data;
@@ -33,7 +34,7 @@ public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
         {
             // transformers initialises the head as every linear layer: normal(0, initializer_range)
             var generator = new Generator((ulong)seed);
-            var init = normal(0, backbone.Config.InitializerRange, new long[] { 1, hidden }, generator: generator);
+            using var init = randn(new long[] { 1, hidden }, generator: generator).MulInPlace(backbone.Config.InitializerRange).AddInPlace(0.0);
             score.weight!.copy_(init);
         }
         PadTokenId = backbone.Config.PadTokenId;
@@ -59,9 +60,9 @@ public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
         long t = ids.shape[1];
         // transformers' *ForSequenceClassification: argmax of position * (input_ids != pad_token_id), here also * mask
         // (rows with no such token give 0)
-        var keep = mask.ne(0);
-        if (PadTokenId is int pad) keep = keep.logical_and(ids.ne(pad));
-        var positions = arange(t, ScalarType.Int64, device).unsqueeze(0) * keep.to(ScalarType.Int64);
+        var keep = mask.Ne(0);
+        if (PadTokenId is int pad) keep = keep.logical_and(ids.Ne(pad));
+        var positions = ScalarOps.Arange(0, t, ScalarType.Int64, device).unsqueeze(0) * keep.to(ScalarType.Int64);
         var last = positions.argmax(1);                                                     // [B]
         var picked = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, hidden.shape[2])).squeeze(1); // [B, H]
         var rewards = score.forward(picked).squeeze(-1).to(ScalarType.Float32);

@@ -1,4 +1,5 @@
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using WeakTeacher.Engine.Data;
 using WeakTeacher.Engine.Models;
 using WeakTeacher.Engine.Pipeline;
@@ -80,7 +81,7 @@ public sealed class RewardTrainer
         var difference = chosen - rejected;
         if (margins is not null) difference = difference - tensor(margins, ScalarType.Float32).to(rewards.device);
         var losses = -nn.functional.logsigmoid(difference);
-        if (centerCoefficient != 0) losses = losses + (chosen + rejected).square() * centerCoefficient;
+        if (centerCoefficient != 0) losses = losses.Add(chosen.Add(rejected).Square().Mul(centerCoefficient));
         var lossSum = losses.sum();
         using (no_grad())
         {
@@ -106,7 +107,7 @@ public sealed class RewardTrainer
             using var scope = NewDisposeScope();
             var batchMargins = margins is null ? null : micro.ExampleIndices.Select(i => margins[i]).ToArray();
             var lossSum = PairLosses(trainer.Model, (PreferenceBatch)micro.Payload, batchMargins, trainer.Config.CenterRewardsCoefficient, sums);
-            (lossSum * lossScale).backward();
+            lossSum.Mul(lossScale).backward();
         }
     }
 }

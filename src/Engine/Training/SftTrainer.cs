@@ -1,4 +1,5 @@
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using WeakTeacher.Engine.Data;
 using WeakTeacher.Engine.LogProbs;
 using WeakTeacher.Engine.Models;
@@ -86,7 +87,7 @@ public sealed class SftTrainer
             using var scope = NewDisposeScope();
             var logps = ResponseLogProbs.Compute(model, batch.InputIds, batch.AttentionMask, batch.ResponseMask);
             var nllSum = -logps.sum();
-            (nllSum * lossScale).backward();
+            nllSum.Mul(lossScale).backward();
             sums.Add("loss", nllSum.item<float>(), micro.Normaliser);
         }
     }

@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using TorchSharp;
 using TorchSharp.Modules;
+using WeakTeacher.CudaKernels;
 using WeakTeacher.Engine.Checkpoints;
 using static TorchSharp.torch;
 
@@ -11,19 +12,39 @@ namespace WeakTeacher.Engine.Training;
 /// weight decay for weights, none for biases and normalisation parameters. The learning rate is set per step by
 /// <see cref="LearningRateSchedule"/>; gradients are clipped by total norm. The optimizer state (exp_avg,
 /// exp_avg_sq, step per parameter) is saved and restored by parameter name through safetensors.
+/// The step is the engine's own (torch.optim.AdamW's update, Loshchilov and Hutter 2019, algorithm 2, in the same
+/// operations as TorchSharp's AdamW): TorchSharp's optimizers pass their coefficients as implicitly converted Scalars
+/// that nothing holds, which another thread's garbage collection can free while libtorch reads them (see ScalarOps).
 /// </summary>
 public sealed class TrainingOptimizer : IDisposable
 {
     private static readonly Regex NoDecayName = new(@"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)|(?:^|\.)ln_", RegexOptions.Compiled);
 
-    private readonly AdamW _adam;
-    private readonly List<(string Name, Parameter Parameter)> _parameters;
-
-    private TrainingOptimizer(AdamW adam, List<(string, Parameter)> parameters, IReadOnlySet<string> noDecay)
+    /// <summary>AdamW state of one parameter (torch.optim.AdamW's state["exp_avg"], ["exp_avg_sq"], ["step"]).</summary>
+    private sealed class State(Tensor expAvg, Tensor expAvgSq)
     {
-        _adam = adam;
+        public Tensor ExpAvg { get; } = expAvg;
+        public Tensor ExpAvgSq { get; } = expAvgSq;
+        public long Step { get; set; }
+    }
+
+    private readonly List<(string Name, Parameter Parameter)> _parameters;
+    private readonly double[] _weightDecay;
+    private readonly State[] _states;
+    private readonly double _beta1, _beta2, _epsilon;
+    private double _learningRate;
+
+    private TrainingOptimizer(List<(string, Parameter)> parameters, IReadOnlySet<string> noDecay, TrainingConfig config)
+    {
         _parameters = parameters;
         NoDecayParameters = noDecay;
+        _weightDecay = parameters.Select(p => noDecay.Contains(p.Item1) ? 0.0 : config.WeightDecay).ToArray();
+        _beta1 = config.AdamBeta1;
+        _beta2 = config.AdamBeta2;
+        _epsilon = config.AdamEpsilon;
+        _learningRate = config.LearningRate;
+        using var noGrad = no_grad();
+        _states = parameters.Select(p => new State(zeros_like(p.Item2).DetachFromDisposeScope(), zeros_like(p.Item2).DetachFromDisposeScope())).ToArray();
     }
 
     /// <summary>The optimised parameters, by name, in the optimizer's order.</summary>
@@ -43,36 +64,61 @@ public sealed class TrainingOptimizer : IDisposable
             .ToList();
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
         if (trainable.Count == 0) throw new InvalidOperationException("the model has no trainable parameters (requires_grad is false everywhere)");
-        var decay = new List<Parameter>();
-        var none = new List<Parameter>();
         var noDecayNames = new HashSet<string>(StringComparer.Ordinal);
-        var ordered = new List<(string, Parameter)>();
-        foreach (var (name, parameter) in trainable)
-        {
-            bool noDecay = NoDecayName.IsMatch(name.ToLowerInvariant()) || noDecayModules.Any(prefix => name.StartsWith(prefix, StringComparison.Ordinal));
-            (noDecay ? none : decay).Add(parameter);
-            if (noDecay) noDecayNames.Add(name);
-        }
+        foreach (var (name, _) in trainable)
+            if (NoDecayName.IsMatch(name.ToLowerInvariant()) || noDecayModules.Any(prefix => name.StartsWith(prefix, StringComparison.Ordinal)))
+                noDecayNames.Add(name);
         // the optimizer's order: decay group first, then the no-decay group (state is keyed by name, not position)
+        var ordered = new List<(string, Parameter)>();
         ordered.AddRange(trainable.Where(p => !noDecayNames.Contains(p.name)));
         ordered.AddRange(trainable.Where(p => noDecayNames.Contains(p.name)));
-        var groups = new List<AdamW.ParamGroup>();
-        if (decay.Count > 0) groups.Add(new AdamW.ParamGroup(decay, new AdamW.Options { weight_decay = config.WeightDecay }));
-        if (none.Count > 0) groups.Add(new AdamW.ParamGroup(none, new AdamW.Options { weight_decay = 0.0 }));
-        var adam = torch.optim.AdamW(groups, lr: config.LearningRate, beta1: config.AdamBeta1, beta2: config.AdamBeta2, eps: config.AdamEpsilon);
-        return new TrainingOptimizer(adam, ordered, noDecayNames);
+        return new TrainingOptimizer(ordered, noDecayNames, config);
     }
 
     /// <summary>Sets the learning rate of every group (the schedule is computed by the trainer).</summary>
-    public void SetLearningRate(double learningRate)
-    {
-        foreach (var group in _adam.ParamGroups) group.LearningRate = learningRate;
-    }
+    public void SetLearningRate(double learningRate) => _learningRate = learningRate;
 
     /// <summary>Gradients to zero (kept allocated, as accumulation adds into them).</summary>
-    public void ZeroGrad() => _adam.zero_grad();
+    public void ZeroGrad()
+    {
+        foreach (var (_, parameter) in _parameters)
+        {
+            using var grad = parameter.grad;
+            grad?.zero_();
+        }
+    }
 
-    public void Step() => _adam.step();
+    /// <summary>
+    /// One AdamW update of every parameter with a gradient: p *= 1 - lr wd; m = b1 m + (1 - b1) g;
+    /// v = b2 v + (1 - b2) g^2; p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+    /// </summary>
+    public void Step()
+    {
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        for (int i = 0; i < _parameters.Count; i++)
+        {
+            var parameter = _parameters[i].Parameter;
+            var grad = parameter.grad;
+            if (grad is null) continue;
+            var state = _states[i];
+            state.Step += 1;
+            double biasCorrection1 = 1 - Math.Pow(_beta1, state.Step);
+            double biasCorrection2 = 1 - Math.Pow(_beta2, state.Step);
+            using var decay = (1 - _learningRate * _weightDecay[i]).ToScalar();
+            using var beta1 = _beta1.ToScalar();
+            using var oneMinusBeta1 = (1 - _beta1).ToScalar();
+            using var beta2 = _beta2.ToScalar();
+            using var oneMinusBeta2 = (1 - _beta2).ToScalar();
+            using var epsilon = _epsilon.ToScalar();
+            using var stepSize = (-(_learningRate / biasCorrection1)).ToScalar();
+            parameter.mul_(decay);
+            state.ExpAvg.mul_(beta1).add_(grad, oneMinusBeta1);
+            state.ExpAvgSq.mul_(beta2).addcmul_(grad, grad, oneMinusBeta2);
+            var denominator = state.ExpAvgSq.sqrt().Div(Math.Sqrt(biasCorrection2)).add_(epsilon, ScalarOps.One);
+            parameter.addcdiv_(state.ExpAvg, denominator, stepSize);
+        }
+    }
 
     /// <summary>
     /// Total L2 norm of the gradients (torch.nn.utils.clip_grad_norm_: norm of the per-parameter norms); when
@@ -84,12 +130,12 @@ public sealed class TrainingOptimizer : IDisposable
         using var noGrad = no_grad();
         var grads = _parameters.Select(p => p.Parameter.grad).Where(g => g is not null).Select(g => g!).ToList();
         if (grads.Count == 0) return 0.0;
-        var norms = grads.Select(g => linalg.vector_norm(g.to(ScalarType.Float32), 2)).ToArray();
-        var total = linalg.vector_norm(stack(norms), 2);
+        var norms = grads.Select(g => g.to(ScalarType.Float32).norm()).ToArray();
+        var total = stack(norms).norm();
         double value = total.item<float>();
         if (maxNorm > 0)
         {
-            var coefficient = (maxNorm / (total + 1e-6)).clamp(max: 1.0);
+            var coefficient = total.Add(1e-6).DivideInto(maxNorm).ClampMax(1.0);
             foreach (var g in grads) g.mul_(coefficient.to(g.dtype));
         }
         return value;
@@ -100,13 +146,12 @@ public sealed class TrainingOptimizer : IDisposable
     {
         var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var steps = new Dictionary<string, long>(StringComparer.Ordinal);
-        var states = OrderedStates();
         for (int i = 0; i < _parameters.Count; i++)
         {
             var (name, _) = _parameters[i];
-            tensors[name + ".exp_avg"] = states[i].exp_avg;
-            tensors[name + ".exp_avg_sq"] = states[i].exp_avg_sq;
-            steps[name] = states[i].step;
+            tensors[name + ".exp_avg"] = _states[i].ExpAvg;
+            tensors[name + ".exp_avg_sq"] = _states[i].ExpAvgSq;
+            steps[name] = _states[i].Step;
         }
         return (tensors, steps);
     }
@@ -125,7 +170,7 @@ public sealed class TrainingOptimizer : IDisposable
         var loaded = SafeTensors.Load(path, out var metadata);
         try
         {
-            var states = OrderedStates();
+            var states = _states;
             using var noGrad = no_grad();
             for (int i = 0; i < _parameters.Count; i++)
             {
@@ -133,11 +178,11 @@ public sealed class TrainingOptimizer : IDisposable
                 if (!loaded.TryGetValue(name + ".exp_avg", out var avg) || !loaded.TryGetValue(name + ".exp_avg_sq", out var avgSq)
                     || !metadata.TryGetValue("step." + name, out var stepText))
                     throw new CheckpointException(path, $"optimizer state has no entry for parameter '{name}'");
-                if (!avg.shape.SequenceEqual(states[i].exp_avg.shape))
-                    throw new CheckpointException(path, $"optimizer state of '{name}' has shape [{string.Join(", ", avg.shape)}], the parameter [{string.Join(", ", states[i].exp_avg.shape)}]");
-                states[i].exp_avg.copy_(avg);
-                states[i].exp_avg_sq.copy_(avgSq);
-                states[i].step = long.Parse(stepText, System.Globalization.CultureInfo.InvariantCulture);
+                if (!avg.shape.SequenceEqual(states[i].ExpAvg.shape))
+                    throw new CheckpointException(path, $"optimizer state of '{name}' has shape [{string.Join(", ", avg.shape)}], the parameter [{string.Join(", ", states[i].ExpAvg.shape)}]");
+                states[i].ExpAvg.copy_(avg);
+                states[i].ExpAvgSq.copy_(avgSq);
+                states[i].Step = long.Parse(stepText, System.Globalization.CultureInfo.InvariantCulture);
             }
         }
         finally
@@ -146,13 +191,12 @@ public sealed class TrainingOptimizer : IDisposable
         }
     }
 
-    private List<AdamW.State> OrderedStates()
+    public void Dispose()
     {
-        // state_dict() lists the states group by group in parameter order, which is the order of _parameters
-        var states = _adam.state_dict().State.Cast<AdamW.State>().ToList();
-        if (states.Count != _parameters.Count) throw new InvalidOperationException("optimizer state count differs from the parameter count");
-        return states;
+        foreach (var state in _states)
+        {
+            state.ExpAvg.Dispose();
+            state.ExpAvgSq.Dispose();
+        }
     }
-
-    public void Dispose() => _adam.Dispose();
 }
