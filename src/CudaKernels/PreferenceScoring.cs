@@ -167,8 +167,8 @@ public static class PreferenceScoring
             if (type != PreferenceLossType.Ipo)
                 return DpoLoss(inputs.PolicyChosen, inputs.PolicyRejected, inputs.ReferenceChosen, inputs.ReferenceRejected, type, settings.Beta, settings.LabelSmoothing);
             // ipo on per-token averages: (u_c / n_c) - (u_r / n_r) = (pi_c / n_c - ref_c / n_c) - (...); rewards stay beta * u
-            var nc = inputs.ChosenTokens!.to(inputs.PolicyChosen.dtype).clamp_min(1);
-            var nr = inputs.RejectedTokens!.to(inputs.PolicyChosen.dtype).clamp_min(1);
+            var nc = inputs.ChosenTokens!.to(inputs.PolicyChosen.dtype).ClampMin(1L);
+            var nr = inputs.RejectedTokens!.to(inputs.PolicyChosen.dtype).ClampMin(1L);
             var averaged = DpoLoss(inputs.PolicyChosen / nc, inputs.PolicyRejected / nr, inputs.ReferenceChosen / nc, inputs.ReferenceRejected / nr,
                 type, settings.Beta, settings.LabelSmoothing);
             var (c, r) = Rewards(inputs, settings.Beta);
@@ -180,8 +180,8 @@ public static class PreferenceScoring
     private static (Tensor Chosen, Tensor Rejected) Rewards(PreferenceLossInputs inputs, double beta)
     {
         using var noGrad = no_grad();
-        var chosen = ((inputs.PolicyChosen - inputs.ReferenceChosen) * beta).detach().to(ScalarType.Float32);
-        var rejected = ((inputs.PolicyRejected - inputs.ReferenceRejected) * beta).detach().to(ScalarType.Float32);
+        var chosen = (inputs.PolicyChosen - inputs.ReferenceChosen).Mul(beta).detach().to(ScalarType.Float32);
+        var rejected = (inputs.PolicyRejected - inputs.ReferenceRejected).Mul(beta).detach().to(ScalarType.Float32);
         return (chosen, rejected);
     }
 
@@ -193,7 +193,7 @@ public static class PreferenceScoring
         FDivergenceType.JsDivergence => nn.functional.logsigmoid(u),   // f'(t) = log(2t / (t + 1)), log 2 dropped
         _ when Math.Abs(settings.AlphaDivergenceCoef - 1.0) < 1e-6 => u, // alpha -> 1 is reverse KL
         // f'(t) = (t^(alpha-1) - 1) / (alpha - 1), constant dropped; clamped as TRL so exp stays finite in float32
-        _ => ((u * (settings.AlphaDivergenceCoef - 1.0)).clamp_max(80.0).exp()) * (1.0 / (settings.AlphaDivergenceCoef - 1.0)),
+        _ => u.Mul(settings.AlphaDivergenceCoef - 1.0).ClampMax(80.0).exp().Mul(1.0 / (settings.AlphaDivergenceCoef - 1.0)),
     };
 
     /// <summary>Every loss type as tensor ops; autograd gives the backward.</summary>
@@ -208,11 +208,11 @@ public static class PreferenceScoring
         var delta = chosenScores - rejectedScores;
         Tensor Averaged() // per-token averaged score difference (L1446-1449, L1552-1555)
         {
-            var nc = inputs.ChosenTokens!.to(chosenScores.dtype).clamp_min(1);
-            var nr = inputs.RejectedTokens!.to(chosenScores.dtype).clamp_min(1);
+            var nc = inputs.ChosenTokens!.to(chosenScores.dtype).ClampMin(1L);
+            var nr = inputs.RejectedTokens!.to(chosenScores.dtype).ClampMin(1L);
             return chosenScores / nc - rejectedScores / nr;
         }
-        Tensor SigmoidOf(Tensor d) => -LogSig(d * beta) * (1 - ls) - LogSig(-d * beta) * ls;
+        Tensor SigmoidOf(Tensor d) => (-LogSig(d.Mul(beta))).Mul(1 - ls) - LogSig((-d).Mul(beta)).Mul(ls);
 
         Tensor? loss = null;
         for (int k = 0; k < settings.LossTypes.Count; k++)
@@ -223,41 +223,41 @@ public static class PreferenceScoring
                 // L1434 (v0.23.0 L1083 with label smoothing, cDPO)
                 PreferenceLossType.Sigmoid => SigmoidOf(delta),
                 // L1437
-                PreferenceLossType.Hinge => nn.functional.relu(1 - delta * beta),
+                PreferenceLossType.Hinge => nn.functional.relu(delta.Mul(beta).SubtractFrom(1.0)),
                 // L1440-1451
-                PreferenceLossType.Ipo => (Averaged() - 1 / (2 * beta)).square(),
+                PreferenceLossType.Ipo => Averaged().Sub(1 / (2 * beta)).Square(),
                 // L1453-1464: qw (log qw - log(1 - eps)) + ql (log ql - log eps)
-                PreferenceLossType.ExoPair => (delta * beta).sigmoid() * (LogSig(delta * beta) - Math.Log(1 - ls))
-                    + (-delta * beta).sigmoid() * (LogSig(-delta * beta) - Math.Log(ls)),
+                PreferenceLossType.ExoPair => (delta.Mul(beta).sigmoid() * LogSig(delta.Mul(beta)).Sub(Math.Log(1 - ls)))
+                    .Add((-delta).Mul(beta).sigmoid() * LogSig((-delta).Mul(beta)).Sub(Math.Log(ls))),
                 // L1466-1473
-                PreferenceLossType.NcaPair => -LogSig(chosenScores * beta) - 0.5 * LogSig(-chosenScores * beta) - 0.5 * LogSig(-rejectedScores * beta),
+                PreferenceLossType.NcaPair => -LogSig(chosenScores.Mul(beta)) - LogSig((-chosenScores).Mul(beta)).Mul(0.5) - LogSig((-rejectedScores).Mul(beta)).Mul(0.5),
                 // L1475-1478
-                PreferenceLossType.Robust => (-LogSig(delta * beta) * (1 - ls) + LogSig(-delta * beta) * ls) / (1 - 2 * ls),
+                PreferenceLossType.Robust => (-LogSig(delta.Mul(beta))).Mul(1 - ls).Add(LogSig((-delta).Mul(beta)).Mul(ls)).Div(1 - 2 * ls),
                 // L1480-1483
-                PreferenceLossType.BcoPair => -LogSig(chosenScores * beta) - LogSig(-rejectedScores * beta),
+                PreferenceLossType.BcoPair => -LogSig(chosenScores.Mul(beta)) - LogSig((-rejectedScores).Mul(beta)),
                 // L1485-1492
-                PreferenceLossType.SppoHard => (chosenScores - 0.5 / beta).square() + (rejectedScores + 0.5 / beta).square(),
+                PreferenceLossType.SppoHard => chosenScores.Sub(0.5 / beta).Square().Add(rejectedScores.Add(0.5 / beta).Square()),
                 // L1494-1503: sorted policy log-ratios minus sorted reference log-ratios
                 PreferenceLossType.Aot => SigmoidOf((inputs.PolicyChosen - inputs.PolicyRejected).sort(0).Values
                     - (inputs.ReferenceChosen - inputs.ReferenceRejected).sort(0).Values),
                 // L1505-1512
                 PreferenceLossType.AotUnpaired => SigmoidOf(chosenLogratios.sort(0).Values - rejectedLogratios.sort(0).Values),
                 // L1514-1520 (on the log-ratios, not the f-divergence scores)
-                PreferenceLossType.ApoZero => (1 - (chosenLogratios * beta).sigmoid()) + (rejectedLogratios * beta).sigmoid(),
+                PreferenceLossType.ApoZero => chosenLogratios.Mul(beta).sigmoid().SubtractFrom(1.0).Add(rejectedLogratios.Mul(beta).sigmoid()),
                 // L1522-1528
-                PreferenceLossType.ApoDown => (chosenLogratios * beta).sigmoid() + (1 - (delta * beta).sigmoid()),
+                PreferenceLossType.ApoDown => chosenLogratios.Mul(beta).sigmoid().Add(delta.Mul(beta).sigmoid().SubtractFrom(1.0)),
                 // L1530-1540
-                PreferenceLossType.Discopop => Discopop(delta * beta, settings.DiscopopTau),
+                PreferenceLossType.Discopop => Discopop(delta.Mul(beta), settings.DiscopopTau),
                 // L1542-1549: the batch's chosen-token NLL, one value per pair
                 PreferenceLossType.Sft => inputs.ChosenNll!.to(delta.dtype).expand(delta.shape[0]),
                 // L1551-1556
-                PreferenceLossType.SigmoidNorm => -LogSig(Averaged() * beta),
+                PreferenceLossType.SigmoidNorm => -LogSig(Averaged().Mul(beta)),
                 _ => throw new ArgumentOutOfRangeException(nameof(settings), settings.LossTypes[k], "unknown loss type"),
             };
             // L1565-1576: WPO weights (computed without gradient) scale every loss type's per-pair loss
             if (inputs.PairWeights is not null) perPair = perPair * inputs.PairWeights.detach().to(perPair.dtype);
-            var term = perPair.mean() * weight;
-            loss = loss is null ? term : loss + term;
+            var term = perPair.mean().Mul(weight);
+            loss = loss is null ? term : loss.Add(term);
         }
         var (chosen, rejected) = Rewards(inputs, beta);
         return new PreferenceLossOutput(loss!, chosen, rejected, chosen.gt(rejected).to(ScalarType.Float32), chosen - rejected);
@@ -265,8 +265,8 @@ public static class PreferenceScoring
 
     private static Tensor Discopop(Tensor logits, double tau)
     {
-        var modulation = (logits / tau).sigmoid();
-        return -nn.functional.logsigmoid(logits) * (1 - modulation) + (-logits).exp() * modulation;
+        var modulation = logits.Div(tau).sigmoid();
+        return (-nn.functional.logsigmoid(logits) * modulation.SubtractFrom(1.0)).Add((-logits).exp() * modulation);
     }
 
     /// <summary>The preference kernel's losses (sigmoid, ipo, hinge, robust) with l = (pi_c - ref_c) - (pi_r - ref_r),

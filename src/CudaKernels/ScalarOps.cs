@@ -93,6 +93,12 @@ public static class ScalarOps
         return a.div(s);
     }
 
+    public static Tensor Div(this Tensor a, long value, RoundingMode roundingMode)
+    {
+        using var s = value.ToScalar();
+        return a.div(s, rounding_mode: roundingMode);
+    }
+
     /// <summary><c>value / a</c> (as TorchSharp's operator computes it: reciprocal(a) * value).</summary>
     public static Tensor DivideInto(this Tensor a, double value)
     {

@@ -40,11 +40,11 @@ public sealed record ResponseLogProbsDetail(Tensor SequenceLogps, Tensor TokenLo
         using var scope = NewDisposeScope();
         var counts = TokenCounts;
         var starts = counts.cumsum(0) - counts;                                         // first row of each sequence
-        var position = arange(TokenLogps.shape[0], int64, TokenLogps.device) - starts.index_select(0, SequenceIndex) + 1;
+        var position = (ScalarOps.Arange(0, TokenLogps.shape[0], int64, TokenLogps.device) - starts.index_select(0, SequenceIndex)).Add(1L);
         var shared = minimum(counts.narrow(0, 0, pairs), counts.narrow(0, pairs, pairs));
         var sharedPerRow = cat([shared, shared]).index_select(0, SequenceIndex);
         var tail = zeros(counts.shape[0], float32, TokenLogps.device)
-            .index_add(0, SequenceIndex, TokenLogps * position.gt(sharedPerRow).to(float32), 1);
+            .index_add(0, SequenceIndex, TokenLogps * position.gt(sharedPerRow).to(float32), ScalarOps.One);
         return tail.MoveToOuterDisposeScope();
     }
 
@@ -102,14 +102,14 @@ public static class ResponseLogProbs
         using var scope = NewDisposeScope();
         var (sequence, tokens, rowIndex, counts, rows) = RunWithRows(model, inputIds, attentionMask, responseMask);
         long b = inputIds.shape[0], t = inputIds.shape[1];
-        var sequenceIndex = rowIndex.div(t, rounding_mode: RoundingMode.floor);
+        var sequenceIndex = rowIndex.Div(t, RoundingMode.floor);
         Tensor logitSums, wpoLog;
         using (no_grad())
         {
             var weight = model.OutputWeight.detach();
             var detachedRows = rows.detach();
             var meanLogit = detachedRows.to(float32).matmul(weight.to(float32).mean([0]));                 // [N]
-            logitSums = zeros(b, float32, sequence.device).index_add(0, sequenceIndex, meanLogit, 1);
+            logitSums = zeros(b, float32, sequence.device).index_add(0, sequenceIndex, meanLogit, ScalarOps.One);
             wpoLog = null!;
             if (wpo)
             {
@@ -123,10 +123,10 @@ public static class ResponseLogProbs
                     using var blockScope = NewDisposeScope();
                     long count = Math.Min(block, n - start);
                     var logits = detachedRows.narrow(0, start, count).matmul(weight.t()).to(float32);
-                    denominator.narrow(0, start, count).copy_(logits.mul(2).logsumexp(1) - logits.logsumexp(1) * 2);
+                    denominator.narrow(0, start, count).copy_(logits.Mul(2L).logsumexp(1) - logits.logsumexp(1).Mul(2L));
                 }
                 var aligned = tokens.detach() - denominator;
-                wpoLog = zeros(b, float32, sequence.device).index_add(0, sequenceIndex, aligned, 1) / counts.clamp_min(1).to(float32);
+                wpoLog = zeros(b, float32, sequence.device).index_add(0, sequenceIndex, aligned, ScalarOps.One) / counts.ClampMin(1L).to(float32);
             }
         }
         return new ResponseLogProbsDetail(sequence.MoveToOuterDisposeScope(), tokens, sequenceIndex.MoveToOuterDisposeScope(),

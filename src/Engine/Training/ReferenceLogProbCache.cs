@@ -1,4 +1,5 @@
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using WeakTeacher.Engine.Checkpoints;
 using WeakTeacher.Engine.Models;
 using static TorchSharp.torch;
@@ -78,7 +79,7 @@ public sealed record ReferenceLogps(Tensor Logps, Tensor TokenCounts, Tensor Tai
     public long Count => Logps.shape[0];
 
     /// <summary>[N, 2] reference log-probs as the loss sees them: shared + ld_alpha * tail (the plain sums when null).</summary>
-    public Tensor Weighted(double? ldAlpha) => ldAlpha is double a ? Logps - TailLogps * (1 - a) : Logps;
+    public Tensor Weighted(double? ldAlpha) => ldAlpha is double a ? Logps - TailLogps.Mul(1 - a) : Logps;
 
     public void Dispose()
     {
