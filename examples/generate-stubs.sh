@@ -7,6 +7,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 protos=("$root"/protos/weakteacher/v1/*.proto)
+# google/api/{annotations,http}.proto (the HTTP/JSON bindings), vendored from Google.Api.CommonProtos
+google_api=("$root"/protos/google/api/*.proto)
 what=${1:-all}
 need() { command -v "$1" >/dev/null || { echo "generate-stubs.sh: '$1' not found ($2)" >&2; exit 3; }; }
 need protoc "Debian: apt-get install protobuf-compiler"
@@ -16,7 +18,7 @@ if [[ $what == python || $what == all ]]; then
   [[ -n $plugin ]] || { echo "generate-stubs.sh: grpc_python_plugin not found (Debian: apt-get install protobuf-compiler-grpc)" >&2; exit 3; }
   out=$root/examples/python/gen
   rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-  protoc -I "$root/protos" --python_out="$out.tmp" --grpc_python_out="$out.tmp" --plugin=protoc-gen-grpc_python="$plugin" "${protos[@]}"
+  protoc -I "$root/protos" --python_out="$out.tmp" --grpc_python_out="$out.tmp" --plugin=protoc-gen-grpc_python="$plugin" "${protos[@]}" "${google_api[@]}"
   rm -rf "$out" && mv "$out.tmp" "$out"
 fi
 
@@ -33,5 +35,6 @@ if [[ $what == go || $what == all ]]; then
   for f in "${protos[@]}"; do sed -E 's/^([[:space:]]*)optional[[:space:]]+/\1/' "$f" >"$copy/weakteacher/v1/$(basename "$f")"; done
   # go_package in the protos gives the import path; paths=import lays the files out under it, as GOPATH mode wants.
   # protoc 3.21's timestamp.proto names the APIv2 package; goprotobuf 1.3.5 has the type in ptypes/timestamp.
-  (cd "$copy" && protoc -I . --go_out=plugins=grpc,paths=import,Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/timestamp:"$gopath/src" weakteacher/v1/*.proto)
+  # google/api's Go package is Debian's genproto (golang-google-genproto-dev, pulled in by golang-google-grpc-dev).
+  (cd "$copy" && protoc -I . -I "$root/protos" --go_out=plugins=grpc,paths=import,Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/timestamp:"$gopath/src" weakteacher/v1/*.proto)
 fi

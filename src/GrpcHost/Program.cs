@@ -68,7 +68,9 @@ builder.Services.AddGrpc(o =>
     o.MaxSendMessageSize = options.Limits.MaxMessageBytes;
     o.EnableDetailedErrors = false;
     o.Interceptors.Add<AuthInterceptor>();
-});
+}).AddJsonTranscoding(); // HTTP/JSON from the protos' google.api.http annotations, on the HTTP/1.1 endpoint (HttpUrl)
+builder.Services.AddGrpcSwagger();
+builder.Services.AddSwaggerGen(c => c.SwaggerDoc("v1", new() { Title = "WeakTeacher (weakteacher.v1, HTTP/JSON)", Version = "v1" }));
 builder.Services.AddGrpcReflection();
 builder.Services.AddGrpcHealthChecks()
     .AddCheck("database", () =>
@@ -83,6 +85,7 @@ builder.Services.AddOpenTelemetry().WithMetrics(m => m
     .AddPrometheusExporter());
 
 var app = builder.Build();
+app.UseSwagger(); // the OpenAPI document of the HTTP/JSON face: /swagger/v1/swagger.json
 var logger = app.Services.GetRequiredService<ILogger<Program>>();
 layout.CleanTemp();
 var apiKeys = app.Services.GetRequiredService<ApiKeys>();

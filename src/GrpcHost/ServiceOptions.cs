@@ -19,8 +19,8 @@ public sealed class ServiceOptions
     /// </summary>
     public string? MetricsUrl { get; set; }
     /// <summary>
-    /// An extra plain HTTP/1.1 listen URL for the HTTP endpoints: OpenRLHF's remote reward (POST /get_reward) and
-    /// /metrics, e.g. http://127.0.0.1:8080 (API keys apply as on the gRPC endpoints).
+    /// An extra plain HTTP/1.1 listen URL for the HTTP endpoints: the HTTP/JSON API (JSON transcoding), its OpenAPI
+    /// document (/swagger/v1/swagger.json), OpenRLHF's remote reward (POST /get_reward) and /metrics, e.g. http://127.0.0.1:8080 (API keys apply as on the gRPC endpoints).
     /// </summary>
     public string? HttpUrl { get; set; }
     /// <summary>Prepare the embedded default task (base models + datasets) into the data folder at start-up.</summary>

@@ -10,6 +10,53 @@ namespace WeakTeacher.GrpcHost.Services;
 
 internal sealed class LabelingServiceImpl(LabelBatcher batcher, Catalog catalog, ServiceOptions options) : LabelingService.LabelingServiceBase
 {
+    public const int MaxPairsPerRequest = 1024;
+
+    public override async Task<LabelPairsResponse> LabelPairs(LabelPairsRequest request, ServerCallContext context)
+    {
+        if (!batcher.Available)
+            throw new RpcException(new Status(StatusCode.Unimplemented, "this build of the host has no engine labeller (Engine.Labelling.WeakLabeler)"));
+        if (string.IsNullOrEmpty(request.TeacherModelId)) throw RequestErrors.Invalid("teacher_model_id", "required");
+        var teacher = catalog.GetModel("teacher_model_id", request.TeacherModelId).Id;
+        if (request.Pairs.Count is 0 or > MaxPairsPerRequest) throw RequestErrors.Invalid("pairs", $"{request.Pairs.Count} pairs; send 1-{MaxPairsPerRequest}");
+        var template = PromptTemplate.Get(options.Labeling.Template);
+        var ids = new HashSet<string>(StringComparer.Ordinal);
+        var pairs = new List<UnlabelledPair>(request.Pairs.Count);
+        for (int i = 0; i < request.Pairs.Count; i++)
+        {
+            var p = request.Pairs[i];
+            var at = $"pairs[{i}]";
+            if (string.IsNullOrEmpty(p.Id) || p.Id.Length > 256) throw RequestErrors.Invalid("id", $"{at}: required, 1-256 characters");
+            if (!ids.Add(p.Id)) throw RequestErrors.Invalid("id", $"{at}: '{p.Id}' appears twice");
+            if (!string.IsNullOrEmpty(p.TeacherModelId) && p.TeacherModelId != request.TeacherModelId)
+                throw RequestErrors.Invalid("teacher_model_id", $"{at}: one request labels with one teacher ('{request.TeacherModelId}')");
+            pairs.Add(Translate(p, template, at));
+        }
+        var labels = await Task.WhenAll(pairs.Select(p => LabelAsync(teacher, p, context.CancellationToken)));
+        return new LabelPairsResponse { Labels = { labels } };
+    }
+
+    /// <summary>A request's pair, checked and templated as the teacher was trained.</summary>
+    private static UnlabelledPair Translate(LabelPairRequest request, PromptTemplate template, string at)
+    {
+        foreach (var (field, text) in new[] { ("prompt", request.Prompt), ("response_a", request.ResponseA), ("response_b", request.ResponseB) })
+            if (string.IsNullOrWhiteSpace(text)) throw RequestErrors.Invalid(field, $"{at}: empty text");
+        var prompt = template.Render(request.Prompt);
+        return new UnlabelledPair(request.Id, prompt, template.FormatResponse(prompt, request.ResponseA),
+            template.FormatResponse(prompt, request.ResponseB), null);
+    }
+
+    private Task<LabelPairResponse> LabelAsync(string teacher, UnlabelledPair pair, CancellationToken ct) =>
+        batcher.LabelAsync(teacher, pair, ct).ContinueWith(t =>
+        {
+            var label = t.GetAwaiter().GetResult();
+            return new LabelPairResponse
+            {
+                Id = pair.Id, Preferred = label.ChosenIndex == 0 ? Preference.A : Preference.B,
+                RewardA = label.RewardA, RewardB = label.RewardB, Margin = label.Margin,
+            };
+        }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+
     public override async Task LabelStream(IAsyncStreamReader<LabelPairRequest> requestStream, IServerStreamWriter<LabelPairResponse> responseStream,
         ServerCallContext context)
     {
@@ -57,22 +104,8 @@ internal sealed class LabelingServiceImpl(LabelBatcher batcher, Catalog catalog,
                     teacher ??= catalog.GetModel("teacher_model_id", request.TeacherModelId).Id;
                 }
                 if (teacher is null) throw RequestErrors.Invalid("teacher_model_id", $"{at}: required on the first message");
-                foreach (var (field, text) in new[] { ("prompt", request.Prompt), ("response_a", request.ResponseA), ("response_b", request.ResponseB) })
-                    if (string.IsNullOrWhiteSpace(text)) throw RequestErrors.Invalid(field, $"{at}: empty text");
-                var prompt = template.Render(request.Prompt);
-                var pair = new UnlabelledPair(request.Id, prompt, template.FormatResponse(prompt, request.ResponseA),
-                    template.FormatResponse(prompt, request.ResponseB), null);
-                var id = request.Id;
-                var labelTask = batcher.LabelAsync(teacher, pair, ct).ContinueWith(t =>
-                {
-                    var label = t.GetAwaiter().GetResult();
-                    return new LabelPairResponse
-                    {
-                        Id = id, Preferred = label.ChosenIndex == 0 ? Preference.A : Preference.B,
-                        RewardA = label.RewardA, RewardB = label.RewardB, Margin = label.Margin,
-                    };
-                }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
-                results.Writer.TryWrite(labelTask);
+                var pair = Translate(request, template, at);
+                results.Writer.TryWrite(LabelAsync(teacher, pair, ct));
             }
         }
         finally
