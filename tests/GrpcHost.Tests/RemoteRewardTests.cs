@@ -99,7 +99,7 @@ public sealed class RemoteRewardTests(DefaultTaskHost shared)
     private static string Rendered(string prompt) => $"Question: {prompt}\n\nAnswer: ";
 
     [Fact]
-    public async Task Get_reward_needs_the_api_key_when_keys_are_required()
+    public async Task Get_reward_and_the_http_json_calls_need_the_api_key_when_keys_are_required()
     {
         const string key = "wt_reward_key_0123456789";
         var httpPort = HostProcess.FreePort();
@@ -123,5 +123,16 @@ public sealed class RemoteRewardTests(DefaultTaskHost shared)
         // With the key the request gets past authentication to the teacher lookup.
         (status, body) = await Post($"Bearer {key}");
         Assert.True(status is HttpStatusCode.NotFound or HttpStatusCode.NotImplemented, $"{status}: {body}");
+
+        // The HTTP/JSON face on the same endpoint goes through the same check (transcoded calls run the gRPC interceptor).
+        using (var anonymous = await http.GetAsync("v1/datasets"))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, anonymous.StatusCode);
+            Assert.Contains("authorization", await anonymous.Content.ReadAsStringAsync());
+        }
+        using var keyed = new HttpRequestMessage(HttpMethod.Get, "v1/datasets");
+        keyed.Headers.TryAddWithoutValidation("Authorization", $"Bearer {key}");
+        using (var reply = await http.SendAsync(keyed))
+            Assert.True(reply.StatusCode == HttpStatusCode.OK, $"{reply.StatusCode}: {await reply.Content.ReadAsStringAsync()}");
     }
 }
