@@ -184,80 +184,81 @@ public sealed partial record ModelConfig
     public JsonObject ToJson()
     {
         var o = Source is null ? new JsonObject() : (JsonObject)Source.DeepClone();
-        o["model_type"] = ModelType;
+        Put(o, "model_type", ModelType);
         if (Source is null || !o.ContainsKey("architectures"))
-            o["architectures"] = new JsonArray(Family switch
+            Put(o, "architectures", new JsonArray(Family switch
             {
                 ModelFamily.Opt => "OPTForCausalLM",
                 ModelFamily.Gpt2 => "GPT2LMHeadModel",
                 _ => ModelType == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM",
-            });
-        o["vocab_size"] = VocabSize;
+            }));
+        Put(o, "vocab_size", VocabSize);
         switch (Family)
         {
             case ModelFamily.Opt:
-                o["hidden_size"] = HiddenSize;
-                o["num_hidden_layers"] = NumHiddenLayers;
-                o["num_attention_heads"] = NumAttentionHeads;
-                o["ffn_dim"] = ResolvedIntermediateSize;
-                o["max_position_embeddings"] = MaxPositionEmbeddings;
-                o["activation_function"] = HiddenAct;
-                o["attention_dropout"] = AttentionDropout;
-                o["dropout"] = ResidDropout;
-                o["init_std"] = InitializerRange;
-                o["do_layer_norm_before"] = DoLayerNormBefore;
-                o["word_embed_proj_dim"] = ResolvedWordEmbedProjDim;
-                o["enable_bias"] = EnableBias;
-                o["layer_norm_elementwise_affine"] = LayerNormElementwiseAffine;
-                o["_remove_final_layer_norm"] = RemoveFinalLayerNorm;
+                Put(o, "hidden_size", HiddenSize);
+                Put(o, "num_hidden_layers", NumHiddenLayers);
+                Put(o, "num_attention_heads", NumAttentionHeads);
+                Put(o, "ffn_dim", ResolvedIntermediateSize);
+                Put(o, "max_position_embeddings", MaxPositionEmbeddings);
+                Put(o, "activation_function", HiddenAct);
+                Put(o, "attention_dropout", AttentionDropout);
+                Put(o, "dropout", ResidDropout);
+                Put(o, "init_std", InitializerRange);
+                Put(o, "do_layer_norm_before", DoLayerNormBefore);
+                Put(o, "word_embed_proj_dim", ResolvedWordEmbedProjDim);
+                Put(o, "enable_bias", EnableBias);
+                Put(o, "layer_norm_elementwise_affine", LayerNormElementwiseAffine);
+                Put(o, "_remove_final_layer_norm", RemoveFinalLayerNorm);
                 break;
             case ModelFamily.Gpt2:
-                o["n_embd"] = HiddenSize;
-                o["n_layer"] = NumHiddenLayers;
-                o["n_head"] = NumAttentionHeads;
-                o["n_inner"] = IntermediateSize > 0 ? IntermediateSize : null;
-                o["n_positions"] = MaxPositionEmbeddings;
-                o["activation_function"] = HiddenAct;
-                o["layer_norm_epsilon"] = NormEps;
-                o["attn_pdrop"] = AttentionDropout;
-                o["resid_pdrop"] = ResidDropout;
-                o["embd_pdrop"] = EmbeddingDropout;
-                o["initializer_range"] = InitializerRange;
-                o["scale_attn_weights"] = ScaleAttnWeights;
-                o["scale_attn_by_inverse_layer_idx"] = ScaleAttnByInverseLayerIdx;
-                o["reorder_and_upcast_attn"] = ReorderAndUpcastAttn;
+                Put(o, "n_embd", HiddenSize);
+                Put(o, "n_layer", NumHiddenLayers);
+                Put(o, "n_head", NumAttentionHeads);
+                Put(o, "n_inner", IntermediateSize > 0 ? IntermediateSize : null);
+                Put(o, "n_positions", MaxPositionEmbeddings);
+                Put(o, "activation_function", HiddenAct);
+                Put(o, "layer_norm_epsilon", NormEps);
+                Put(o, "attn_pdrop", AttentionDropout);
+                Put(o, "resid_pdrop", ResidDropout);
+                Put(o, "embd_pdrop", EmbeddingDropout);
+                Put(o, "initializer_range", InitializerRange);
+                Put(o, "scale_attn_weights", ScaleAttnWeights);
+                Put(o, "scale_attn_by_inverse_layer_idx", ScaleAttnByInverseLayerIdx);
+                Put(o, "reorder_and_upcast_attn", ReorderAndUpcastAttn);
                 break;
             default:
-                o["hidden_size"] = HiddenSize;
-                o["num_hidden_layers"] = NumHiddenLayers;
-                o["num_attention_heads"] = NumAttentionHeads;
-                o["num_key_value_heads"] = ResolvedNumKeyValueHeads;
-                o["intermediate_size"] = IntermediateSize;
-                o["max_position_embeddings"] = MaxPositionEmbeddings;
-                o["head_dim"] = ResolvedHeadDim;
-                o["hidden_act"] = HiddenAct;
-                o["rms_norm_eps"] = NormEps;
-                o["attention_dropout"] = AttentionDropout;
-                o["initializer_range"] = InitializerRange;
-                o["attention_bias"] = AttentionBias;
-                o["mlp_bias"] = MlpBias;
+                Put(o, "hidden_size", HiddenSize);
+                Put(o, "num_hidden_layers", NumHiddenLayers);
+                Put(o, "num_attention_heads", NumAttentionHeads);
+                Put(o, "num_key_value_heads", ResolvedNumKeyValueHeads);
+                Put(o, "intermediate_size", IntermediateSize);
+                Put(o, "max_position_embeddings", MaxPositionEmbeddings);
+                Put(o, "head_dim", ResolvedHeadDim);
+                Put(o, "hidden_act", HiddenAct);
+                Put(o, "rms_norm_eps", NormEps);
+                Put(o, "attention_dropout", AttentionDropout);
+                Put(o, "initializer_range", InitializerRange);
+                // llama writes these; mistral's config has neither, and a saved copy must not gain them
+                if (Source is null || o.ContainsKey("attention_bias") || AttentionBias) Put(o, "attention_bias", AttentionBias);
+                if (Source is null || o.ContainsKey("mlp_bias") || MlpBias) Put(o, "mlp_bias", MlpBias);
                 WriteRope(o);
                 break;
         }
-        o["tie_word_embeddings"] = TieWordEmbeddings;
-        o["bos_token_id"] = BosTokenId;
-        o["pad_token_id"] = PadTokenId;
-        o["eos_token_id"] = EosTokenIds.Count switch
+        Put(o, "tie_word_embeddings", TieWordEmbeddings);
+        Put(o, "bos_token_id", BosTokenId);
+        Put(o, "pad_token_id", PadTokenId);
+        Put(o, "eos_token_id", EosTokenIds.Count switch
         {
             0 => null,
             1 => EosTokenIds[0],
             _ => new JsonArray(EosTokenIds.Select(id => (JsonNode?)id).ToArray()),
-        };
+        });
         if (TorchDtype is not null)
         {
             bool hasDtype = o.ContainsKey("dtype"), hasTorchDtype = o.ContainsKey("torch_dtype");
             if (hasDtype || !hasTorchDtype) o[hasDtype || hasTorchDtype ? "dtype" : "torch_dtype"] = TorchDtype;
-            if (hasTorchDtype) o["torch_dtype"] = TorchDtype;
+            if (hasTorchDtype) Put(o, "torch_dtype", TorchDtype);
         }
         return o;
     }
@@ -267,27 +268,77 @@ public sealed partial record ModelConfig
         JsonObject? scaling = RopeScaling is null ? null : new JsonObject
         {
             ["rope_type"] = RopeScaling.Type,
-            ["factor"] = RopeScaling.Factor,
+            ["factor"] = Number(RopeScaling.Factor),
         };
-        if (scaling is not null && RopeScaling!.LowFreqFactor is double low) scaling["low_freq_factor"] = low;
-        if (scaling is not null && RopeScaling!.HighFreqFactor is double high) scaling["high_freq_factor"] = high;
+        if (scaling is not null && RopeScaling!.LowFreqFactor is double low) scaling["low_freq_factor"] = Number(low);
+        if (scaling is not null && RopeScaling!.HighFreqFactor is double high) scaling["high_freq_factor"] = Number(high);
         if (scaling is not null && RopeScaling!.OriginalMaxPositionEmbeddings is int orig) scaling["original_max_position_embeddings"] = orig;
 
         if (o.ContainsKey("rope_parameters"))
         {
             // 5.x layout: one dict with theta, type and the scaling fields
-            var p = scaling ?? new JsonObject { ["rope_type"] = "default" };
-            p["rope_theta"] = RopeTheta;
-            o["rope_parameters"] = p;
+            if (!SameRope(o["rope_parameters"], scaling, RopeTheta))
+            {
+                var p = scaling ?? new JsonObject { ["rope_type"] = "default" };
+                p["rope_theta"] = Number(RopeTheta);
+                o["rope_parameters"] = p;
+            }
             o.Remove("rope_theta");
             o.Remove("rope_scaling");
         }
         else
         {
-            o["rope_theta"] = RopeTheta;
-            o["rope_scaling"] = scaling;
+            Put(o, "rope_theta", RopeTheta);
+            if (!SameRope(o["rope_scaling"], scaling, theta: null)) o["rope_scaling"] = scaling;
         }
     }
+
+    /// <summary>Whether the source's rope dict already says what <paramref name="scaling"/> says (4.x spelled the type "type").</summary>
+    private static bool SameRope(JsonNode? existing, JsonObject? scaling, double? theta)
+    {
+        if (existing is not JsonObject e) return scaling is null && theta is null;
+        string? type = (e["rope_type"] ?? e["type"])?.ToString();
+        if (scaling is null) return theta is not null && (type is null or "default") && SameValue(e["rope_theta"], theta.Value);
+        foreach (var (key, value) in scaling)
+        {
+            if (key == "rope_type") { if (type != value!.ToString()) return false; }
+            else if (!SameValue(e[key], value)) return false;
+        }
+        return theta is null || SameValue(e["rope_theta"], theta.Value);
+    }
+
+    // Writing a field keeps the source's own node when it holds the same value, so a saved config.json keeps its
+    // spelling (500000.0, 1e-05); a new or changed float is written as a float (0.0, not 0), as transformers does.
+    private static void Put(JsonObject o, string key, double value) => Put(o, key, Number(value));
+    private static void Put(JsonObject o, string key, int value) => Put(o, key, (JsonNode)value);
+    private static void Put(JsonObject o, string key, int? value) => Put(o, key, (JsonNode?)value);
+
+    private static void Put(JsonObject o, string key, JsonNode? value)
+    {
+        if (o.TryGetPropertyValue(key, out var existing) && SameValue(existing, value)) return;
+        o[key] = value;
+    }
+
+    private static JsonNode Number(double value)
+    {
+        string text = value.ToString("R", CultureInfo.InvariantCulture);
+        if (double.IsFinite(value) && text.IndexOfAny(['.', 'E', 'e']) < 0) text += ".0";
+        return JsonNode.Parse(text)!;
+    }
+
+    private static bool SameValue(JsonNode? a, JsonNode? b)
+    {
+        if (a is null || b is null) return a is null && b is null;
+        if (a is JsonValue va && b is JsonValue vb && va.GetValueKind() == JsonValueKind.Number && vb.GetValueKind() == JsonValueKind.Number)
+            return AsDouble(va) == AsDouble(vb);
+        return JsonNode.DeepEquals(a, b);
+    }
+
+    private static bool SameValue(JsonNode? a, double b) =>
+        a is JsonValue v && v.GetValueKind() == JsonValueKind.Number && AsDouble(v) == b;
+
+    // through the text: a node parsed from the file and one made from an int or double compare by value
+    private static double AsDouble(JsonValue v) => double.Parse(v.ToJsonString(), NumberStyles.Float, CultureInfo.InvariantCulture);
 
     /// <summary>Writes <see cref="ToJson"/> to <paramref name="path"/> (a file, or a folder to hold config.json).</summary>
     public void Save(string path)

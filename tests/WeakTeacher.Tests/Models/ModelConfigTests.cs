@@ -180,6 +180,28 @@ public class ModelConfigTests
         Assert.Equal(Parse(Llama31) with { Source = null }, ModelConfig.FromJson(written) with { Source = null }, ConfigComparer.Instance);
     }
 
+    [Fact]
+    public void SavedConfigKeepsTheSourcesNumberSpellingKeysAndFourXRopeType()
+    {
+        // as transformers writes it: floats stay floats, nothing is added, the 4.x "type" key stays "type"
+        var json = Llama31.Replace("\"rope_type\": \"llama3\"", "\"type\": \"llama3\"")
+            .Replace("\"model_type\": \"llama\"", "\"model_type\": \"mistral\"")
+            .Replace("\"attention_bias\": false, ", "").Replace("\"mlp_bias\": false,", "");
+        var written = Parse(json).ToJson().ToJsonString();
+        Assert.Contains("\"attention_dropout\":0.0", written);
+        Assert.Contains("\"rope_theta\":500000.0", written);
+        Assert.Contains("\"factor\":8.0", written);
+        Assert.Contains("\"rms_norm_eps\":1e-05", written);
+        Assert.Contains("\"type\":\"llama3\"", written);
+        Assert.DoesNotContain("rope_type", written);
+        Assert.DoesNotContain("attention_bias", written);
+        Assert.DoesNotContain("mlp_bias", written);
+
+        // a changed float is written as a float too
+        var changed = (Parse(json) with { AttentionDropout = 1.0 }).ToJson().ToJsonString();
+        Assert.Contains("\"attention_dropout\":1.0", changed);
+    }
+
     private static double? Numeric(JsonNode? n) => n is JsonValue v && v.TryGetValue(out double d) ? d : null;
 
     /// <summary>Equivalent configs: record equality with the eos list by value and defaulted sizes resolved.</summary>
