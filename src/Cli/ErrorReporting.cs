@@ -13,7 +13,8 @@ public static class ErrorReporting
     {
         try
         {
-            return await root.Parse(args).InvokeAsync();
+            // System.CommandLine's own handler would print the exception with its stack trace and exit 1; these are ours.
+            return await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) when (e is CheckpointException or DataFormatException or TokenizerLoadException or DeviceUnavailableException
                                        or FileNotFoundException or InvalidDataException or ArgumentException)

@@ -71,6 +71,7 @@ prepare.SetAction((parse, ct) => Task.Run(() =>
 }, ct));
 root.Subcommands.Add(prepare);
 
+LabelCommands.Add(root, threadsOption);
 RemoteCommands.Add(root);
 
 return await ErrorReporting.InvokeAsync(root, args);

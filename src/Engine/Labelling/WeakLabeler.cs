@@ -236,6 +236,16 @@ public sealed class WeakLabeler : IDisposable
                     new Dictionary<string, double> { ["pairs"] = labels.Count }, 0, eta));
             }
         }
+        return Filter(pairs, labels, marginQuantile);
+    }
+
+    /// <summary>The labels of a whole set with the margin filter applied: with q &gt; 0 a pair is kept when its |margin| is
+    /// at or above the q-quantile of all |margins| (so it needs every label of the set, however they were computed).</summary>
+    public static LabellingResult Filter(IReadOnlyList<UnlabelledPair> pairs, IReadOnlyList<PairLabel> labels, double marginQuantile)
+    {
+        if (pairs.Count != labels.Count) throw new ArgumentException($"{labels.Count} labels for {pairs.Count} pairs", nameof(labels));
+        if (!(marginQuantile >= 0 && marginQuantile < 1))
+            throw new ArgumentOutOfRangeException(nameof(marginQuantile), marginQuantile, "the margin quantile must lie in [0, 1)");
         double threshold = marginQuantile > 0 ? Quantile(labels.Select(l => Math.Abs(l.Margin)).ToArray(), marginQuantile) : 0;
         var kept = labels.Select(l => marginQuantile <= 0 || Math.Abs(l.Margin) >= threshold).ToList();
         return new LabellingResult(pairs, labels, kept, threshold);

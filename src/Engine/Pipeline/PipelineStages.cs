@@ -71,17 +71,43 @@ public static class PipelineStages
     public static StageResult Label(LabelRequest request, string workDir, IProgress<JobProgress>? progress, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(request);
-        var settings = StageFingerprint.Of(request, "teacher_dir", "unlabelled_data_path");
+        var settings = LabelSettings(request);
         if (TryReadResult(workDir, settings, out string? redo) is { } done) return done;
         var device = TorchDevice.Initialize(request.Device);
+        var pairs = ReadPairsToLabel(request);
+        using var labeler = OpenLabeler(request, device);
+        var clock = Stopwatch.StartNew();
+        var labels = labeler.LabelAll(pairs, request.BatchSize, 0, Prefix(progress, "label"), ct).Labels;
+        return WriteLabelling(request, pairs, labels, workDir, clock.Elapsed.TotalSeconds, settings, redo);
+    }
+
+    /// <summary>What a labelling result depends on: every setting, the teacher's and the input's content.</summary>
+    internal static SortedDictionary<string, string> LabelSettings(LabelRequest request) =>
+        StageFingerprint.Of(request, "teacher_dir", "unlabelled_data_path");
+
+    /// <summary>The pairs of D_u in input order, templated as the teacher saw them in training.</summary>
+    internal static List<UnlabelledPair> ReadPairsToLabel(LabelRequest request)
+    {
         var template = PromptTemplate.Get(request.Template);
         var pairs = PreferenceDataReader.ReadUnlabelled(request.UnlabelledDataPath, new DataReadOptions { SkipInvalidRows = request.SkipInvalidRows })
             .Select(template.Apply).ToList();
         if (pairs.Count == 0) throw new InvalidDataException($"{request.UnlabelledDataPath}: no pairs to label.");
-        using var labeler = TeacherManifest.OpenLabeler(request.TeacherDir, device,
+        return pairs;
+    }
+
+    internal static WeakLabeler OpenLabeler(LabelRequest request, Device device) =>
+        TeacherManifest.OpenLabeler(request.TeacherDir, device,
             new LabelingOptions { MaxLength = request.MaxLength, MaxPromptLength = request.MaxPromptLength });
-        var clock = Stopwatch.StartNew();
-        var result = labeler.LabelAll(pairs, request.BatchSize, request.MarginQuantile, Prefix(progress, "label"), ct);
+
+    /// <summary>
+    /// Applies the margin filter over all labels and writes the labelled set (input's format, kept pairs, input order),
+    /// labels.jsonl (every pair) and the stage result. One writer for a single run and for merged shards, so both give
+    /// the same bytes.
+    /// </summary>
+    internal static StageResult WriteLabelling(LabelRequest request, IReadOnlyList<UnlabelledPair> pairs, IReadOnlyList<PairLabel> labels,
+        string workDir, double seconds, SortedDictionary<string, string> settings, string? redo)
+    {
+        var result = WeakLabeler.Filter(pairs, labels, request.MarginQuantile);
         Directory.CreateDirectory(workDir);
         string extension = request.UnlabelledDataPath.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase) ? ".parquet"
             : request.UnlabelledDataPath.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) ? ".jsonl.gz" : ".jsonl";
@@ -94,7 +120,7 @@ public static class PipelineStages
             ["pairs"] = pairs.Count,
             ["kept"] = written,
             ["margin_threshold"] = result.MarginThreshold,
-            ["pairs_per_second"] = pairs.Count / Math.Max(clock.Elapsed.TotalSeconds, 1e-9),
+            ["pairs_per_second"] = pairs.Count / Math.Max(seconds, 1e-9),
         };
         // one name, one meaning: teacher_vs_human over every pair (as the report's label table), _kept over the kept ones
         if (result.HumanAgreement is { } agreement) metrics["teacher_vs_human"] = agreement;
@@ -235,7 +261,7 @@ public static class PipelineStages
         return examples;
     }
 
-    private static IProgress<JobProgress>? Prefix(IProgress<JobProgress>? progress, string stage)
+    internal static IProgress<JobProgress>? Prefix(IProgress<JobProgress>? progress, string stage)
         => progress is null ? null : new Progress<JobProgress>(p => progress.Report(p with { Stage = stage }));
 
     private static void ThrowIfIncomplete(TrainResult result, CancellationToken ct)
@@ -254,7 +280,7 @@ public static class PipelineStages
     // A finished (sub-)stage leaves its result file with the settings it was made from; a rerun with the same folder and
     // settings returns it instead of redoing the work, a rerun with other settings redoes it (the file then says which
     // setting differed).
-    private static StageResult? TryReadResult(string workDir, SortedDictionary<string, string> settings, out string? redo)
+    internal static StageResult? TryReadResult(string workDir, SortedDictionary<string, string> settings, out string? redo)
     {
         redo = null;
         string path = Path.Combine(workDir, ResultFile);
