@@ -38,21 +38,35 @@ internal sealed class JobManager
     public int RunningCount => running.Count;
     public ChannelReader<string> Reader => queue.Reader;
 
-    /// <summary>Records a job as queued and puts it on the queue, or refuses with RESOURCE_EXHAUSTED when the queue is full.</summary>
-    public JobRecord Enqueue(JobKind kind, IMessage request)
+    /// <summary>
+    /// Records a job as queued and puts it on the queue, or refuses with RESOURCE_EXHAUSTED when the queue is full.
+    /// A <paramref name="requestId"/> already used returns the job it made (same kind and request) or ALREADY_EXISTS.
+    /// </summary>
+    public (JobRecord Job, bool Created) Enqueue(JobKind kind, IMessage request, string requestId)
     {
+        var config = Json.Format(request);
+        if (requestId.Length > 0 && store.JobByRequestId(requestId) is { } earlier) return (SameRequest(earlier, kind, config, requestId), false);
         if (Interlocked.Increment(ref pending) > options.Limits.QueueCapacity)
         {
             Interlocked.Decrement(ref pending);
             throw new RpcException(new Status(StatusCode.ResourceExhausted,
                 $"job queue is full ({options.Limits.QueueCapacity} waiting, Limits:QueueCapacity); retry later"));
         }
-        var record = new JobRecord(DataLayout.NewId("job"), (int)kind, (int)JobState.Queued, Json.Format(request), null, "[]", "{}",
+        var record = new JobRecord(DataLayout.NewId("job"), (int)kind, (int)JobState.Queued, config, null, "[]", "{}",
             "", "", DateTimeOffset.UtcNow, null, null, 0);
-        store.InsertJob(record);
+        if (store.InsertJob(record, requestId) is { } raced)
+        {
+            Interlocked.Decrement(ref pending);
+            return (SameRequest(raced, kind, config, requestId), false);
+        }
         queue.Writer.TryWrite(record.Id);
-        return record;
+        return (record, true);
     }
+
+    private static JobRecord SameRequest(JobRecord earlier, JobKind kind, string config, string requestId) =>
+        earlier.Kind == (int)kind && earlier.ConfigJson == config ? earlier
+            : throw new RpcException(new Status(StatusCode.AlreadyExists,
+                $"request_id: '{RequestErrors.Echo(requestId)}' was used by job {earlier.Id} for a different request; use a new request_id"));
 
     /// <summary>Puts jobs found queued or running at start-up back on the queue (they resume from their checkpoints).</summary>
     public int Recover()

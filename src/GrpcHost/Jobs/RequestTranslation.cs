@@ -19,7 +19,7 @@ internal static class RequestTranslation
     public static string Template(string field, string value)
     {
         if (string.IsNullOrEmpty(value)) return "paper";
-        if (!Templates.Contains(value)) throw RequestErrors.Invalid(field, $"'{value}' is not one of {string.Join(", ", Templates)}");
+        if (!Templates.Contains(value)) throw RequestErrors.Invalid(field, $"'{RequestErrors.Echo(value)}' is not one of {string.Join(", ", Templates)}");
         return value;
     }
 
@@ -38,7 +38,7 @@ internal static class RequestTranslation
         RequestErrors.Positive($"{field}.max_prompt_length", a.HasMaxPromptLength ? a.MaxPromptLength : null, 1 << 20);
         RequestErrors.Range($"{field}.warmup_ratio", a.HasWarmupRatio ? a.WarmupRatio : null, 0, 1);
         if (a.HasLrSchedulerType && !Schedulers.Contains(a.LrSchedulerType))
-            throw RequestErrors.Invalid($"{field}.lr_scheduler_type", $"'{a.LrSchedulerType}' is not one of {string.Join(", ", Schedulers)}");
+            throw RequestErrors.Invalid($"{field}.lr_scheduler_type", $"'{RequestErrors.Echo(a.LrSchedulerType)}' is not one of {string.Join(", ", Schedulers)}");
         RequestErrors.Range($"{field}.weight_decay", a.HasWeightDecay ? a.WeightDecay : null, 0, 10);
         RequestErrors.Range($"{field}.adam_beta1", a.HasAdamBeta1 ? a.AdamBeta1 : null, 0, 0.999999);
         RequestErrors.Range($"{field}.adam_beta2", a.HasAdamBeta2 ? a.AdamBeta2 : null, 0, 0.999999999);

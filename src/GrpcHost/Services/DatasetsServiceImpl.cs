@@ -129,7 +129,7 @@ internal sealed class DatasetsServiceImpl(Catalog catalog, Store store, ServiceO
         if (string.IsNullOrEmpty(options.ImportDir))
             throw new RpcException(new Status(StatusCode.FailedPrecondition, "path: imports are disabled (ImportDir is not configured)"));
         var path = Names.ResolveInside("path", options.ImportDir, request.Path);
-        if (!File.Exists(path)) throw new RpcException(new Status(StatusCode.NotFound, $"path: '{request.Path}' is not a file in the import folder"));
+        if (!File.Exists(path)) throw new RpcException(new Status(StatusCode.NotFound, $"path: '{RequestErrors.Echo(request.Path)}' is not a file in the import folder"));
         var metadata = request.Metadata ?? new DatasetMetadata();
         var name = Names.CheckName("metadata.name", string.IsNullOrEmpty(metadata.Name) ? Path.GetFileName(path) : metadata.Name);
         CheckEnums(metadata);

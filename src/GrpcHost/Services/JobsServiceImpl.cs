@@ -12,39 +12,41 @@ internal sealed class JobsServiceImpl(JobManager jobs, Store store, Catalog cata
 {
     private string Device => options.Devices.Length > 0 ? options.Devices[0] : "cpu";
 
-    private Task<StartJobResponse> Start(JobKind kind, IMessage request)
+    private Task<StartJobResponse> Start(JobKind kind, IMessage request, string requestId, ServerCallContext context)
     {
+        requestId = RequestErrors.RequestId(requestId);
         if (!StageRunner.StagesAvailable)
             throw new RpcException(new Status(StatusCode.Unimplemented,
                 "this build of the host has no engine pipeline stages (src/Engine/Pipeline/PipelineStages.cs)"));
-        var record = jobs.Enqueue(kind, request);
+        RequestErrors.CallStillWanted(context);
+        var (record, created) = jobs.Enqueue(kind, request, requestId);
         using (logger.BeginScope(new Dictionary<string, object> { ["JobId"] = record.Id }))
-            logger.LogInformation("Job queued: {Kind}", kind);
+            logger.LogInformation(created ? "Job queued: {Kind}" : "Job {Kind} returned again for its request_id", kind);
         return Task.FromResult(new StartJobResponse { JobId = record.Id, Job = JobManager.ToProto(record) });
     }
 
     public override Task<StartJobResponse> Train(TrainRequest request, ServerCallContext context)
     {
         RequestTranslation.Train(request, catalog, Device);
-        return Start(JobKind.Train, request);
+        return Start(JobKind.Train, request, request.RequestId, context);
     }
 
     public override Task<StartJobResponse> Label(LabelRequest request, ServerCallContext context)
     {
         RequestTranslation.Label(request, catalog, Device);
-        return Start(JobKind.Label, request);
+        return Start(JobKind.Label, request, request.RequestId, context);
     }
 
     public override Task<StartJobResponse> Align(AlignRequest request, ServerCallContext context)
     {
         RequestTranslation.Align(request, catalog, Device);
-        return Start(JobKind.Align, request);
+        return Start(JobKind.Align, request, request.RequestId, context);
     }
 
     public override Task<StartJobResponse> Evaluate(EvaluateRequest request, ServerCallContext context)
     {
         RequestTranslation.Evaluate(request, catalog, Device);
-        return Start(JobKind.Evaluate, request);
+        return Start(JobKind.Evaluate, request, request.RequestId, context);
     }
 
     private JobRecord Get(string? id)

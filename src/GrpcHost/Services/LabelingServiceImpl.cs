@@ -27,9 +27,9 @@ internal sealed class LabelingServiceImpl(LabelBatcher batcher, Catalog catalog,
             var p = request.Pairs[i];
             var at = $"pairs[{i}]";
             if (string.IsNullOrEmpty(p.Id) || p.Id.Length > 256) throw RequestErrors.Invalid("id", $"{at}: required, 1-256 characters");
-            if (!ids.Add(p.Id)) throw RequestErrors.Invalid("id", $"{at}: '{p.Id}' appears twice");
+            if (!ids.Add(p.Id)) throw RequestErrors.Invalid("id", $"{at}: '{RequestErrors.Echo(p.Id)}' appears twice");
             if (!string.IsNullOrEmpty(p.TeacherModelId) && p.TeacherModelId != request.TeacherModelId)
-                throw RequestErrors.Invalid("teacher_model_id", $"{at}: one request labels with one teacher ('{request.TeacherModelId}')");
+                throw RequestErrors.Invalid("teacher_model_id", $"{at}: one request labels with one teacher ('{RequestErrors.Echo(request.TeacherModelId)}')");
             pairs.Add(Translate(p, template, at));
         }
         var labels = await Task.WhenAll(pairs.Select(p => LabelAsync(teacher, p, context.CancellationToken)));
@@ -96,11 +96,11 @@ internal sealed class LabelingServiceImpl(LabelBatcher batcher, Catalog catalog,
                 index++;
                 var at = $"request {index}";
                 if (string.IsNullOrEmpty(request.Id) || request.Id.Length > 256) throw RequestErrors.Invalid("id", $"{at}: required, 1-256 characters");
-                if (!ids.Add(request.Id)) throw RequestErrors.Invalid("id", $"{at}: '{request.Id}' was already sent on this stream");
+                if (!ids.Add(request.Id)) throw RequestErrors.Invalid("id", $"{at}: '{RequestErrors.Echo(request.Id)}' was already sent on this stream");
                 if (!string.IsNullOrEmpty(request.TeacherModelId))
                 {
                     if (teacher is not null && teacher != request.TeacherModelId)
-                        throw RequestErrors.Invalid("teacher_model_id", $"{at}: one stream labels with one teacher ('{teacher}')");
+                        throw RequestErrors.Invalid("teacher_model_id", $"{at}: one stream labels with one teacher ('{RequestErrors.Echo(teacher)}')");
                     teacher ??= catalog.GetModel("teacher_model_id", request.TeacherModelId).Id;
                 }
                 if (teacher is null) throw RequestErrors.Invalid("teacher_model_id", $"{at}: required on the first message");

@@ -37,15 +37,15 @@ internal sealed class ModelsServiceImpl(Catalog catalog, Store store, ServiceOpt
                     var path = Names.CheckRelativeFilePath("chunk.path", chunk.Path);
                     if (path != currentPath)
                     {
-                        if (current is not null) throw RequestErrors.Invalid("chunk.path", $"'{currentPath}' was not finished (eof) before '{path}' started");
-                        if (finished.Contains(path)) throw RequestErrors.Invalid("chunk.path", $"'{path}' was sent twice");
+                        if (current is not null) throw RequestErrors.Invalid("chunk.path", $"'{RequestErrors.Echo(currentPath)}' was not finished (eof) before '{RequestErrors.Echo(path)}' started");
+                        if (finished.Contains(path)) throw RequestErrors.Invalid("chunk.path", $"'{RequestErrors.Echo(path)}' was sent twice");
                         var target = Path.Combine(staged, path.Replace('/', Path.DirectorySeparatorChar));
                         Directory.CreateDirectory(Path.GetDirectoryName(target)!);
                         current = new FileStream(target, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true);
                         currentPath = path;
                     }
                     if (chunk.Offset != current!.Length)
-                        throw RequestErrors.Invalid("chunk.offset", $"{chunk.Offset} for '{path}', expected {current.Length} (chunks in order)");
+                        throw RequestErrors.Invalid("chunk.offset", $"{chunk.Offset} for '{RequestErrors.Echo(path)}', expected {current.Length} (chunks in order)");
                     total += chunk.Data.Length;
                     if (total > options.Limits.MaxModelBytes)
                         throw new RpcException(new Status(StatusCode.ResourceExhausted,
@@ -61,7 +61,7 @@ internal sealed class ModelsServiceImpl(Catalog catalog, Store store, ServiceOpt
                         {
                             var actual = DataLayout.Sha256Of(Path.Combine(staged, path.Replace('/', Path.DirectorySeparatorChar)));
                             if (!string.Equals(actual, chunk.Sha256, StringComparison.OrdinalIgnoreCase))
-                                throw RequestErrors.Invalid("chunk.sha256", $"'{path}' arrived with SHA-256 {actual}, the client said {chunk.Sha256}");
+                                throw RequestErrors.Invalid("chunk.sha256", $"'{RequestErrors.Echo(path)}' arrived with SHA-256 {actual}, the client said {RequestErrors.Echo(chunk.Sha256)}");
                         }
                         finished.Add(path);
                         currentPath = null;
@@ -72,7 +72,7 @@ internal sealed class ModelsServiceImpl(Catalog catalog, Store store, ServiceOpt
             {
                 if (current is not null) await current.DisposeAsync();
             }
-            if (currentPath is not null) throw RequestErrors.Invalid("chunk.eof", $"'{currentPath}' never got its last chunk (eof)");
+            if (currentPath is not null) throw RequestErrors.Invalid("chunk.eof", $"'{RequestErrors.Echo(currentPath)}' never got its last chunk (eof)");
             if (finished.Count == 0) throw RequestErrors.Invalid("chunk", "no files were sent");
             var record = catalog.PublishModel(DataLayout.NewId("mdl"), name, staged, "upload");
             logger.LogInformation("Model {ModelId} '{Name}' uploaded: {Files} files, {Bytes} bytes", record.Id, name, finished.Count, record.SizeBytes);
@@ -89,7 +89,7 @@ internal sealed class ModelsServiceImpl(Catalog catalog, Store store, ServiceOpt
         if (string.IsNullOrEmpty(options.ImportDir))
             throw new RpcException(new Status(StatusCode.FailedPrecondition, "path: imports are disabled (ImportDir is not configured)"));
         var path = Names.ResolveInside("path", options.ImportDir, request.Path);
-        if (!Directory.Exists(path)) throw new RpcException(new Status(StatusCode.NotFound, $"path: '{request.Path}' is not a folder in the import folder"));
+        if (!Directory.Exists(path)) throw new RpcException(new Status(StatusCode.NotFound, $"path: '{RequestErrors.Echo(request.Path)}' is not a folder in the import folder"));
         if (Directory.EnumerateFileSystemEntries(path, "*", SearchOption.AllDirectories).Any(e => new FileInfo(e).LinkTarget is not null))
             throw RequestErrors.Invalid("path", "the folder contains symbolic links, which imports do not follow");
         var name = Names.CheckName("metadata.name", string.IsNullOrEmpty(request.Metadata?.Name) ? Path.GetFileName(path) : request.Metadata.Name);

@@ -48,6 +48,18 @@ internal sealed class Store
             CREATE TABLE IF NOT EXISTS api_keys(
               sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL);
             """);
+        // Idempotency keys (request_id) of job starts; added to databases made before it existed.
+        if (!Columns(connection, "jobs").Contains("request_id")) Execute(connection, "ALTER TABLE jobs ADD COLUMN request_id TEXT;");
+        Execute(connection, "CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id) WHERE request_id IS NOT NULL;");
+    }
+
+    private static HashSet<string> Columns(SqliteConnection connection, string table)
+    {
+        using var command = Command(connection, $"SELECT name FROM pragma_table_info('{table}')");
+        using var reader = command.ExecuteReader();
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        while (reader.Read()) names.Add(reader.GetString(0));
+        return names;
     }
 
     private SqliteConnection Open()
@@ -154,13 +166,20 @@ internal sealed class Store
     }
 
     // ---- jobs
-    public void InsertJob(JobRecord j)
+    /// <summary>
+    /// Inserts a job. With a <paramref name="requestId"/> that an earlier job already holds, inserts nothing and returns
+    /// that job (the unique index decides, so two concurrent retries cannot both insert); otherwise returns null.
+    /// </summary>
+    public JobRecord? InsertJob(JobRecord j, string? requestId = null)
     {
         using var connection = Open();
         using var command = Command(connection,
-            "INSERT INTO jobs(id,kind,state,config_json,created_at) VALUES($id,$kind,$state,$config,$created)",
-            ("$id", j.Id), ("$kind", j.Kind), ("$state", j.State), ("$config", j.ConfigJson), ("$created", Time(j.CreatedAt)));
-        command.ExecuteNonQuery();
+            "INSERT INTO jobs(id,kind,state,config_json,created_at,request_id) VALUES($id,$kind,$state,$config,$created,$request) " +
+            "ON CONFLICT(request_id) WHERE request_id IS NOT NULL DO NOTHING",
+            ("$id", j.Id), ("$kind", j.Kind), ("$state", j.State), ("$config", j.ConfigJson), ("$created", Time(j.CreatedAt)),
+            ("$request", string.IsNullOrEmpty(requestId) ? null : requestId));
+        if (command.ExecuteNonQuery() > 0) return null;
+        return JobByRequestId(requestId!) ?? throw new InvalidOperationException("job insert was skipped but no job holds its request_id");
     }
 
     public void DeleteJob(string id)
@@ -171,6 +190,7 @@ internal sealed class Store
     }
 
     public JobRecord? GetJob(string id) => QueryJobs("WHERE id=$id", ("$id", id)).FirstOrDefault();
+    public JobRecord? JobByRequestId(string requestId) => QueryJobs("WHERE request_id=$r", ("$r", requestId)).FirstOrDefault();
 
     public IReadOnlyList<JobRecord> ListJobs(int? state, int? kind, int limit)
     {

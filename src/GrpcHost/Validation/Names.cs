@@ -29,7 +29,7 @@ internal static class Names
         if (segments.Length > 8) throw RequestErrors.Invalid(field, "more than 8 folders deep");
         foreach (var segment in segments)
         {
-            if (segment is "" or "." or "..") throw RequestErrors.Invalid(field, $"segment '{segment}' is not allowed");
+            if (segment is "" or "." or "..") throw RequestErrors.Invalid(field, $"segment '{RequestErrors.Echo(segment)}' is not allowed");
             CheckName(field, segment);
         }
         return path;
