@@ -10,9 +10,6 @@ using WeakTeacher.GrpcHost.Security;
 using WeakTeacher.GrpcHost.Services;
 using WeakTeacher.GrpcHost.Storage;
 
-// `keys hash <key>` prints a key's SHA-256 for Auth:ApiKeyHashes; `keys add <name>` makes a key and stores its hash.
-if (args.Length >= 1 && args[0] == "keys") return Keys.Run(args);
-
 // `--default-task` is a switch; the configuration system wants a value.
 args = args.Select(a => a == "--default-task" ? "--DefaultTask=true" : a).ToArray();
 
@@ -22,17 +19,38 @@ builder.Configuration.AddEnvironmentVariables("WT_");
 builder.Configuration.AddCommandLine(args);
 
 var options = new ServiceOptions();
-builder.Configuration.Bind(options);
-if (options.Devices.Length == 0) options.Devices = ["cpu"];
-var listenUrls = ListenUrls(builder.Configuration);
-var metricsUrl = string.IsNullOrWhiteSpace(options.MetricsUrl) ? null : new Uri(options.MetricsUrl);
-var httpUrl = string.IsNullOrWhiteSpace(options.HttpUrl) ? null : new Uri(options.HttpUrl);
-// The HTTP/1.1 endpoints (metrics, /get_reward) next to the gRPC ones.
-string[] http1Urls = [.. new[] { options.MetricsUrl, options.HttpUrl }.Where(u => !string.IsNullOrWhiteSpace(u)).Select(u => u!)];
-bool keysRequired = ApiKeys.ResolveRequired(options.Auth.Require, [.. listenUrls, .. http1Urls]);
-if (http1Urls.Length > 0 && builder.Configuration.GetSection("Kestrel:Endpoints").GetChildren().Any())
-    throw new InvalidOperationException("MetricsUrl/HttpUrl: with Kestrel:Endpoints configured, add the HTTP/1.1 endpoints there (Protocols: Http1)");
-if (http1Urls.Length > 0) builder.WebHost.UseUrls([.. listenUrls, .. http1Urls]);
+IReadOnlyList<string> listenUrls;
+Uri? metricsUrl, httpUrl;
+bool keysRequired;
+Store store;
+ApiKeys apiKeys;
+DataLayout layout;
+// A setting the host cannot use ends the start with one line naming it and exit code 2, not an abort with a trace.
+try
+{
+    try { builder.Configuration.Bind(options); }
+    catch (InvalidOperationException e) { throw new ConfigurationException(e.Message); }
+    if (options.Devices.Length == 0) options.Devices = ["cpu"];
+    // `keys hash|add|list|revoke`: with the host's configuration, so a key lands in the data folder the host reads.
+    if (args.Length >= 1 && args[0] == "keys") return Keys.Run(args, options);
+    listenUrls = ListenUrls(builder.Configuration);
+    metricsUrl = string.IsNullOrWhiteSpace(options.MetricsUrl) ? null : new Uri(options.MetricsUrl);
+    httpUrl = string.IsNullOrWhiteSpace(options.HttpUrl) ? null : new Uri(options.HttpUrl);
+    // The HTTP/1.1 endpoints (metrics, /get_reward) next to the gRPC ones.
+    string[] http1Urls = [.. new[] { options.MetricsUrl, options.HttpUrl }.Where(u => !string.IsNullOrWhiteSpace(u)).Select(u => u!)];
+    keysRequired = ApiKeys.ResolveRequired(options.Auth.Require, [.. listenUrls, .. http1Urls]);
+    if (http1Urls.Length > 0 && builder.Configuration.GetSection("Kestrel:Endpoints").GetChildren().Any())
+        throw new ConfigurationException("MetricsUrl/HttpUrl: with Kestrel:Endpoints configured, add the HTTP/1.1 endpoints there (Protocols: Http1)");
+    if (http1Urls.Length > 0) builder.WebHost.UseUrls([.. listenUrls, .. http1Urls]);
+    layout = new DataLayout(options.DataDir);
+    store = new Store(layout.DatabasePath);
+    apiKeys = new ApiKeys(options, store, keysRequired);
+}
+catch (Exception e) when (e is ConfigurationException or UriFormatException)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    return 2;
+}
 
 builder.WebHost.ConfigureKestrel(kestrel =>
 {
@@ -46,13 +64,11 @@ builder.WebHost.ConfigureKestrel(kestrel =>
 });
 builder.Logging.AddJsonConsole(o => { o.IncludeScopes = true; o.TimestampFormat = "O"; });
 
-var layout = new DataLayout(options.DataDir);
-var store = new Store(layout.DatabasePath);
 builder.Services.AddSingleton(options);
 builder.Services.AddSingleton(layout);
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton<Catalog>();
-builder.Services.AddSingleton(sp => new ApiKeys(options, store, keysRequired));
+builder.Services.AddSingleton(apiKeys);
 builder.Services.AddSingleton<StreamSlots>();
 builder.Services.AddSingleton<HostMetrics>();
 builder.Services.AddSingleton<JobManager>();
@@ -88,7 +104,6 @@ var app = builder.Build();
 app.UseSwagger(); // the OpenAPI document of the HTTP/JSON face: /swagger/v1/swagger.json
 var logger = app.Services.GetRequiredService<ILogger<Program>>();
 layout.CleanTemp();
-var apiKeys = app.Services.GetRequiredService<ApiKeys>();
 if (keysRequired && !apiKeys.AnyKeys)
 {
     logger.LogCritical("API keys are required (Auth:Require={Require}, listening on {Urls}) but none is configured; " +
@@ -96,7 +111,7 @@ if (keysRequired && !apiKeys.AnyKeys)
     return 2;
 }
 logger.LogInformation("Data folder {DataDir}; devices {Devices}; API keys {Required}; engine stages {Stages}",
-    layout.Root, string.Join(", ", options.Devices), keysRequired ? "required" : "not required (loopback)",
+    layout.Root, string.Join(", ", options.Devices), ApiKeys.Describe(keysRequired, options.Auth.Require),
     StageRunner.StagesAvailable ? "available" : "missing");
 
 var metrics = app.Services.GetRequiredService<HostMetrics>();

@@ -66,3 +66,6 @@ public sealed class LabelingOptions
     /// <summary>The teacher POST /get_reward scores with when the URL names none (?teacher_model_id=).</summary>
     public string? RewardTeacherModelId { get; set; }
 }
+
+/// <summary>A setting the host cannot use; the host prints its message (naming the setting) and exits with code 2.</summary>
+public sealed class ConfigurationException(string message) : Exception(message);

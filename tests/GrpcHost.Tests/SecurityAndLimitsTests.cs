@@ -52,6 +52,97 @@ public sealed class SecurityAndLimitsTests
         await datasets.ListDatasetsAsync(new ListDatasetsRequest(), new Metadata { { "authorization", $"Bearer {key}" } });
     }
 
+    /// <summary>The host dll run as a command (`keys ...`, or a start that should fail); its exit code and output.</summary>
+    private static async Task<(int Code, string Stdout, string Stderr)> RunHost(IEnumerable<string> args,
+        IReadOnlyDictionary<string, string>? environment = null, string? workingDirectory = null)
+    {
+        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        info.WorkingDirectory = workingDirectory ?? HostProcess.NewDataDir();
+        info.ArgumentList.Add(HostProcess.HostDll);
+        foreach (var a in args) info.ArgumentList.Add(a);
+        info.Environment["ASPNETCORE_ENVIRONMENT"] = "Production";
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) info.Environment[name] = value;
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+        var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        if (!process.WaitForExit(60_000)) { process.Kill(); Assert.Fail("the host command did not exit in 60 s"); }
+        return (process.ExitCode, await stdout, await stderr);
+    }
+
+    [Fact]
+    public async Task Keys_go_to_the_configured_data_folder_and_can_be_listed_and_revoked()
+    {
+        var cwd = HostProcess.NewDataDir();
+        var dataDir = HostProcess.NewDataDir();
+        // --DataDir=dir (one word) and WT_DataDir, as the host reads them; nothing lands in ./data of the working folder.
+        var added = await RunHost(["keys", "add", "ci", $"--DataDir={dataDir}"], workingDirectory: cwd);
+        Assert.True(added.Code == 0, added.Stderr);
+        var key = added.Stdout.Trim();
+        Assert.StartsWith("wt_", key);
+        var envDir = HostProcess.NewDataDir();
+        var second = await RunHost(["keys", "add", "ops"], new Dictionary<string, string> { ["WT_DataDir"] = envDir }, cwd);
+        Assert.True(second.Code == 0, second.Stderr);
+        Assert.True(File.Exists(Path.Combine(dataDir, "wt.db")));
+        Assert.True(File.Exists(Path.Combine(envDir, "wt.db")));
+        Assert.False(Directory.Exists(Path.Combine(cwd, "data")), "a key was written to ./data instead of the configured folder");
+        var third = await RunHost(["keys", "add", "spare", "--DataDir", dataDir], workingDirectory: cwd);
+        Assert.Equal(0, third.Code);
+
+        // The list names each key by id, name, creation time and prefix; no secret.
+        var list = await RunHost(["keys", "list", "--DataDir", dataDir]);
+        Assert.Equal(0, list.Code);
+        var id = host::WeakTeacher.GrpcHost.Security.Keys.IdOf(ApiKeys.Hash(key));
+        var line = list.Stdout.Split('\n').Single(l => l.StartsWith(id));
+        Assert.Contains(" ci ", line);
+        Assert.Contains(key[..8], line);
+        Assert.Contains(DateTime.UtcNow.ToString("yyyy-MM-dd"), line);
+        Assert.DoesNotContain(key, list.Stdout);
+        Assert.DoesNotContain(third.Stdout.Trim(), list.Stdout);
+        Assert.DoesNotContain(ApiKeys.Hash(key), list.Stdout);
+        Assert.Contains(" spare ", list.Stdout);
+
+        await using var server = await HostProcess.StartAsync(dataDir, ["--Auth:Require", "true"]);
+        var datasets = new DatasetsService.DatasetsServiceClient(server.Channel);
+        var withKey = new Metadata { { "authorization", $"Bearer {key}" } };
+        await datasets.ListDatasetsAsync(new ListDatasetsRequest(), withKey);
+        // Revoked by name while the host runs: its next request with that key is refused; the other key still works.
+        var revoked = await RunHost(["keys", "revoke", "ci", "--DataDir", dataDir]);
+        Assert.True(revoked.Code == 0, revoked.Stderr);
+        await Client.Fails(StatusCode.Unauthenticated, async () => await datasets.ListDatasetsAsync(new ListDatasetsRequest(), withKey), "not valid");
+        await datasets.ListDatasetsAsync(new ListDatasetsRequest(), new Metadata { { "authorization", $"Bearer {third.Stdout.Trim()}" } });
+        var after = await RunHost(["keys", "list", "--DataDir", dataDir]);
+        Assert.DoesNotContain(id, after.Stdout);
+        // By id too; an unknown one is one line and exit code 2.
+        var spareId = host::WeakTeacher.GrpcHost.Security.Keys.IdOf(ApiKeys.Hash(third.Stdout.Trim()));
+        Assert.Equal(0, (await RunHost(["keys", "revoke", spareId, "--DataDir", dataDir])).Code);
+        var unknown = await RunHost(["keys", "revoke", "nobody", "--DataDir", dataDir]);
+        Assert.Equal(2, unknown.Code);
+        Assert.Contains("no API key with id or name 'nobody'", unknown.Stderr);
+        Assert.Single(unknown.Stderr.Trim().Split('\n'));
+    }
+
+    [Theory]
+    [InlineData("--Auth:Require", "maybe", "Auth:Require: 'maybe' is not one of auto, true, false")]
+    [InlineData("--Auth:ApiKeyHashes:0", "not-a-hash", "Auth:ApiKeyHashes: 'not-a-hash' is not a SHA-256 hash")]
+    [InlineData("--Limits:QueueCapacity", "many", "Limits:QueueCapacity")]
+    public async Task A_setting_the_host_cannot_use_is_one_line_and_exit_code_2(string name, string value, string message)
+    {
+        var run = await RunHost(["--urls", $"http://127.0.0.1:{HostProcess.FreePort()}", "--DataDir", HostProcess.NewDataDir(), name, value]);
+        Assert.True(run.Code == 2, $"exit code {run.Code}:\n{run.Stdout}\n{run.Stderr}");
+        Assert.Contains(message, run.Stderr);
+        Assert.Single(run.Stderr.Trim().Split('\n'));
+        Assert.DoesNotContain("   at ", run.Stderr + run.Stdout);
+    }
+
+    [Fact]
+    public async Task Keys_not_required_by_setting_on_every_interface_are_logged_as_the_settings_choice()
+    {
+        int port = HostProcess.FreePort();
+        await using var server = await HostProcess.StartAsync(port: port, extraArgs: ["--urls", $"http://0.0.0.0:{port}", "--Auth:Require", "false"]);
+        Assert.Contains("API keys not required (Auth:Require=false)", server.Log);
+        Assert.DoesNotContain("loopback", server.Log);
+    }
+
     [Fact]
     public void Keys_are_required_by_default_except_on_loopback()
     {
@@ -62,7 +153,7 @@ public sealed class SecurityAndLimitsTests
         Assert.True(ApiKeys.ResolveRequired("auto", ["http://192.168.1.4:5000"]));
         Assert.True(ApiKeys.ResolveRequired("true", ["http://127.0.0.1:5000"]));
         Assert.False(ApiKeys.ResolveRequired("false", ["http://0.0.0.0:5000"]));
-        Assert.Throws<InvalidOperationException>(() => ApiKeys.ResolveRequired("maybe", []));
+        Assert.Throws<host::WeakTeacher.GrpcHost.ConfigurationException>(() => ApiKeys.ResolveRequired("maybe", []));
     }
 
     [Fact]

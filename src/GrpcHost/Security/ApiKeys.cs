@@ -62,7 +62,7 @@ internal sealed class ApiKeys
             if (bytes.Length == 32) return bytes;
         }
         catch (FormatException) { }
-        throw new InvalidOperationException($"{source}: '{hex}' is not a SHA-256 hash (64 hex characters); hash a key with `keys hash <key>`");
+        throw new ConfigurationException($"{source}: '{hex}' is not a SHA-256 hash (64 hex characters); hash a key with `keys hash <key>`");
     }
 
     /// <summary>Auth:Require = "auto" | "true" | "false"; auto requires keys unless every listen URL is loopback.</summary>
@@ -73,9 +73,14 @@ internal sealed class ApiKeys
             case "true": return true;
             case "false": return false;
             case "auto": return !listenUrls.All(IsLoopbackUrl);
-            default: throw new InvalidOperationException($"Auth:Require: '{setting}' is not one of auto, true, false");
+            default: throw new ConfigurationException($"Auth:Require: '{setting}' is not one of auto, true, false");
         }
     }
+
+    /// <summary>For the start-up log line: required, or not, and why not.</summary>
+    public static string Describe(bool required, string setting) =>
+        required ? "required" : setting.Trim().Equals("false", StringComparison.OrdinalIgnoreCase)
+            ? "not required (Auth:Require=false)" : "not required (every listen address is loopback, Auth:Require=auto)";
 
     public static bool IsLoopbackUrl(string url)
     {

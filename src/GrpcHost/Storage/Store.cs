@@ -12,6 +12,9 @@ internal sealed record JobRecord(string Id, int Kind, int State, string ConfigJs
     string ArtifactsJson, string MetricsJson, string Error, string ErrorCode, DateTimeOffset CreatedAt,
     DateTimeOffset? StartedAt, DateTimeOffset? FinishedAt, int Attempts);
 
+/// <summary>An API key as stored: its SHA-256, never the key; <paramref name="Prefix"/> is the key's first characters.</summary>
+internal sealed record ApiKeyRecord(string Sha256, string Name, DateTimeOffset CreatedAt, string Prefix);
+
 /// <summary>
 /// Job, dataset, model and API-key records in SQLite (WAL) under the data folder. Every write is one statement or one
 /// transaction, so a crash leaves either the old or the new record.
@@ -51,6 +54,8 @@ internal sealed class Store
         // Idempotency keys (request_id) of job starts; added to databases made before it existed.
         if (!Columns(connection, "jobs").Contains("request_id")) Execute(connection, "ALTER TABLE jobs ADD COLUMN request_id TEXT;");
         Execute(connection, "CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id) WHERE request_id IS NOT NULL;");
+        // A key's first characters, shown by `keys list` to tell keys apart; added to databases made before it existed.
+        if (!Columns(connection, "api_keys").Contains("prefix")) Execute(connection, "ALTER TABLE api_keys ADD COLUMN prefix TEXT NOT NULL DEFAULT '';");
     }
 
     private static HashSet<string> Columns(SqliteConnection connection, string table)
@@ -251,21 +256,31 @@ internal sealed class Store
     }
 
     // ---- API keys
-    public void InsertApiKey(string sha256, string name)
+    public void InsertApiKey(string sha256, string name, string prefix)
     {
         using var connection = Open();
-        using var command = Command(connection, "INSERT OR REPLACE INTO api_keys VALUES($h,$n,$t)",
-            ("$h", sha256), ("$n", name), ("$t", Time(DateTimeOffset.UtcNow)));
+        using var command = Command(connection, "INSERT OR REPLACE INTO api_keys(sha256,name,created_at,prefix) VALUES($h,$n,$t,$p)",
+            ("$h", sha256), ("$n", name), ("$t", Time(DateTimeOffset.UtcNow)), ("$p", prefix));
         command.ExecuteNonQuery();
     }
 
-    public IReadOnlyList<string> ApiKeyHashes()
+    public IReadOnlyList<string> ApiKeyHashes() => ApiKeyRecords().Select(k => k.Sha256).ToList();
+
+    public IReadOnlyList<ApiKeyRecord> ApiKeyRecords()
     {
         using var connection = Open();
-        using var command = Command(connection, "SELECT sha256 FROM api_keys");
+        using var command = Command(connection, "SELECT sha256, name, created_at, prefix FROM api_keys ORDER BY created_at, sha256");
         using var reader = command.ExecuteReader();
-        var list = new List<string>();
-        while (reader.Read()) list.Add(reader.GetString(0));
+        var list = new List<ApiKeyRecord>();
+        while (reader.Read())
+            list.Add(new ApiKeyRecord(reader.GetString(0), reader.GetString(1), ParseTime(reader.GetString(2)), reader.GetString(3)));
         return list;
+    }
+
+    public bool DeleteApiKey(string sha256)
+    {
+        using var connection = Open();
+        using var command = Command(connection, "DELETE FROM api_keys WHERE sha256=$h", ("$h", sha256));
+        return command.ExecuteNonQuery() > 0;
     }
 }
