@@ -159,6 +159,59 @@ public sealed class PipelineTests(DefaultTaskHost shared)
         }
     }
 
+    /// <summary>A job's file artifact, as DownloadJobArtifact streams it.</summary>
+    internal static async Task<byte[]> DownloadArtifact(JobsService.JobsServiceClient jobs, string jobId, string name)
+    {
+        using var call = jobs.DownloadJobArtifact(new DownloadJobArtifactRequest { JobId = jobId, Name = name }, deadline: DateTime.UtcNow.AddMinutes(1));
+        var bytes = new MemoryStream();
+        await foreach (var chunk in call.ResponseStream.ReadAllAsync()) chunk.Data.WriteTo(bytes);
+        return bytes.ToArray();
+    }
+
+    [Fact]
+    public async Task Evaluate_serves_its_report_as_markdown_json_and_plots()
+    {
+        await shared.RequireStagesAsync();
+        var jobs = new JobsService.JobsServiceClient(shared.Host.Channel);
+        var job = await WaitForEnd(jobs, (await jobs.EvaluateAsync(new EvaluateRequest
+        {
+            Models = { ["student"] = "default-student-base", ["teacher"] = "default-teacher-base" },
+            PromptsDatasetId = "default-eval-prompts", MaxNewTokens = 8, Temperature = 0,
+        })).JobId);
+        Assert.True(job.State == JobState.Succeeded, $"{job.State} {job.Error}");
+        var files = job.Artifacts.Where(a => a.Kind == ArtifactKind.File).Select(a => a.Name).ToList();
+        Assert.Contains("report", files);
+        Assert.Contains("report_json", files);
+        var markdown = System.Text.Encoding.UTF8.GetString(await DownloadArtifact(jobs, job.Id, "report"));
+        Assert.StartsWith("# Evaluation report", markdown);
+        Assert.Contains("student", markdown);
+        Assert.DoesNotContain(shared.Host.DataDir, markdown);
+        using var json = System.Text.Json.JsonDocument.Parse(await DownloadArtifact(jobs, job.Id, "report_json"));
+        var students = json.RootElement.GetProperty("students");
+        Assert.Equal(job.Metrics["gold_reward/student"], students.GetProperty("student").GetProperty("gold_reward").GetDouble(), 9);
+        Assert.Equal(job.Metrics["gold_reward/teacher"], students.GetProperty("teacher").GetProperty("gold_reward").GetDouble(), 9);
+        var plot = files.First(f => f.StartsWith("plot/"));
+        Assert.True((await DownloadArtifact(jobs, job.Id, plot)).AsSpan().StartsWith(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }), $"{plot} is not a PNG");
+    }
+
+    [Fact]
+    public async Task A_label_jobs_output_dataset_is_typed_labelled()
+    {
+        await shared.RequireStagesAsync();
+        var jobs = new JobsService.JobsServiceClient(shared.Host.Channel);
+        var train = await WaitForEnd(jobs, (await jobs.TrainAsync(TeacherRequest("default-teacher-base", "default-labelled", 2, 0))).JobId);
+        Assert.Equal(JobState.Succeeded, train.State);
+        var label = await WaitForEnd(jobs, (await jobs.LabelAsync(new LabelRequest
+        {
+            TeacherModelId = train.Artifacts.Single(a => a.Name == "teacher").Id, UnlabelledDatasetId = "default-unlabelled",
+        })).JobId);
+        Assert.True(label.State == JobState.Succeeded, $"{label.State} {label.Error}");
+        var output = label.Artifacts.Single(a => a.Kind == ArtifactKind.Dataset);
+        var dataset = await new DatasetsService.DatasetsServiceClient(shared.Host.Channel).GetDatasetAsync(new GetDatasetRequest { DatasetId = output.Id });
+        Assert.Equal(DatasetFormat.Labelled, dataset.Format);
+        Assert.Equal(label.Metrics["kept"], dataset.Rows);
+    }
+
     internal static async Task<Job> WaitForEnd(JobsService.JobsServiceClient jobs, string jobId, TimeSpan? timeout = null)
     {
         using var watch = jobs.WatchJob(new WatchJobRequest { JobId = jobId }, deadline: DateTime.UtcNow + (timeout ?? TimeSpan.FromMinutes(3)));

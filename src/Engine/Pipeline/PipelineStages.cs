@@ -188,10 +188,33 @@ public static class PipelineStages
             progress?.Report(new JobProgress("evaluate", ++index, request.Models.Count,
                 new Dictionary<string, double> { [$"gold_reward/{name}"] = score.Mean }, 0, null));
         }
+        var report = new EvaluationReport
+        {
+            Title = "Evaluation report",
+            // a model scorer is named by its folder (the model id), never by a server path
+            GoldScorer = request.GoldScorer == "synthetic" ? "synthetic" : Path.GetFileName(Path.TrimEndingDirectorySeparator(request.GoldScorer)),
+        };
+        foreach (var (name, scores) in rewards) report.Students.Add(StudentScores.Compute(name, scores));
         foreach (var (a, ra) in rewards)
             foreach (var (b, rb) in rewards)
                 if (string.CompareOrdinal(a, b) < 0)
-                    metrics[$"win_rate/{a}_vs_{b}"] = WinRate.Compute(ra, rb).Rate;
+                {
+                    var winRate = WinRate.Compute(ra, rb);
+                    metrics[$"win_rate/{a}_vs_{b}"] = winRate.Rate;
+                    report.WinRates.Add(new WinRateEntry(a, b, winRate));
+                }
+        report.Info["prompts"] = prompts.Count.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        report.Info["sampling"] = request.Temperature > 0
+            ? FormattableString.Invariant($"temperature {request.Temperature}, top_p {request.TopP}, top_k {request.TopK}, seed {request.Seed}")
+            : "greedy";
+        report.Info["max_new_tokens"] = request.MaxNewTokens.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        // The report as files the job serves (DownloadJobArtifact): "report" (Markdown), "report_json", "plot/<name>" (PNG).
+        var reportDir = Path.Combine(workDir, "report");
+        foreach (var path in report.Save(reportDir))
+        {
+            var file = Path.GetFileName(path);
+            artifacts[file switch { "report.md" => "report", "report.json" => "report_json", _ => "plot/" + Path.GetFileNameWithoutExtension(file) }] = path;
+        }
         return WriteResult(workDir, new StageResult(artifacts, metrics), settings, redo);
     }
 

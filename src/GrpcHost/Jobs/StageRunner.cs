@@ -77,7 +77,9 @@ internal sealed class StageRunner(Catalog catalog)
             else if (File.Exists(path) && name is "labelled" or "dataset" or "data")
             {
                 var id = $"ds-{suffix}-{safe}";
-                if (catalog.GetDatasetOrNull(id) is null) catalog.RegisterDatasetFile(id, display, path, DatasetFormat.Unspecified, $"job:{job.Id}");
+                // a Label job's output holds the teacher's preference on every row
+                var format = name == "labelled" ? DatasetFormat.Labelled : DatasetFormat.Unspecified;
+                if (catalog.GetDatasetOrNull(id) is null) catalog.RegisterDatasetFile(id, display, path, format, $"job:{job.Id}");
                 entries.Add(new ArtifactEntry(name, (int)ArtifactKind.Dataset, id));
             }
             else if (File.Exists(path))

@@ -32,7 +32,7 @@ internal static class DatasetValidator
         DatasetFormat.HhRlhf => DataFormat.HhRlhf,
         DatasetFormat.Explicit => DataFormat.Explicit,
         DatasetFormat.Conversational => DataFormat.Conversational,
-        DatasetFormat.Unlabelled => DataFormat.Unlabelled,
+        DatasetFormat.Unlabelled or DatasetFormat.Labelled => DataFormat.Unlabelled,
         _ => DataFormat.Auto,
     };
 
@@ -75,6 +75,9 @@ internal static class DatasetValidator
         try
         {
             var detected = format == DatasetFormat.Unspecified ? FromEngine(PreferenceDataReader.DetectFormat(path)) : format;
+            // Labelled: A/B pairs with a label on every row; the other pair formats carry their preference already.
+            if (format == DatasetFormat.Labelled && FromEngine(PreferenceDataReader.DetectFormat(path)) is var shape && shape != DatasetFormat.Unlabelled)
+                detected = shape;
             var rows = ReadAll(path, detected);
             if (rows == 0) throw new BadRowException("line 1", null, "the file has no rows");
             return new DatasetCheck(detected, rows);
