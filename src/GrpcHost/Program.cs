@@ -4,7 +4,7 @@ using Microsoft.AspNetCore.Server.Kestrel.Core;
 using OpenTelemetry.Metrics;
 using WeakTeacher.GrpcHost;
 using WeakTeacher.GrpcHost.Jobs;
-using WeakTeacher.GrpcHost.Labeling;
+using WeakTeacher.GrpcHost.Labelling;
 using WeakTeacher.GrpcHost.Observability;
 using WeakTeacher.GrpcHost.Security;
 using WeakTeacher.GrpcHost.Services;
@@ -110,9 +110,8 @@ if (keysRequired && !apiKeys.AnyKeys)
         "add one with `keys add <name> --DataDir {DataDir}` or set Auth:ApiKeyHashes", options.Auth.Require, string.Join(", ", listenUrls), layout.Root);
     return 2;
 }
-logger.LogInformation("Data folder {DataDir}; devices {Devices}; API keys {Required}; engine stages {Stages}",
-    layout.Root, string.Join(", ", options.Devices), ApiKeys.Describe(keysRequired, options.Auth.Require),
-    StageRunner.StagesAvailable ? "available" : "missing");
+logger.LogInformation("Data folder {DataDir}; devices {Devices}; API keys {Required}",
+    layout.Root, string.Join(", ", options.Devices), ApiKeys.Describe(keysRequired, options.Auth.Require));
 
 var metrics = app.Services.GetRequiredService<HostMetrics>();
 var jobs = app.Services.GetRequiredService<JobManager>();

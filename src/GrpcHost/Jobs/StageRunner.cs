@@ -15,13 +15,6 @@ internal sealed record StageOutput(IReadOnlyDictionary<string, string> Artifacts
 /// <summary>Runs one job's engine stage in its work folder (a second call with the same folder resumes from its checkpoint).</summary>
 internal sealed class StageRunner(Catalog catalog)
 {
-    public static bool StagesAvailable =>
-#if WT_ENGINE_STAGES
-        true;
-#else
-        false;
-#endif
-
     public async Task<StageOutput> RunAsync(JobRecord job, string device, string workDir, IProgress<EngineProgress> progress, CancellationToken ct)
     {
         var kind = (JobKind)job.Kind;
@@ -35,7 +28,6 @@ internal sealed class StageRunner(Catalog catalog)
             _ => throw new InvalidOperationException($"job {job.Id} has unknown kind {job.Kind}"),
         };
         Directory.CreateDirectory(workDir);
-#if WT_ENGINE_STAGES
         var result = request switch
         {
             TrainTeacherRequest r => await PipelineStages.TrainTeacherAsync(r, workDir, progress, ct),
@@ -45,12 +37,6 @@ internal sealed class StageRunner(Catalog catalog)
             _ => throw new InvalidOperationException($"no stage for {request.GetType().Name}"),
         };
         return new StageOutput(result.Artifacts, result.Metrics);
-#else
-        await Task.CompletedTask;
-        GC.KeepAlive(request);
-        throw new RpcException(new Status(StatusCode.Unimplemented,
-            "this build of the host has no engine pipeline stages (src/Engine/Pipeline/PipelineStages.cs)"));
-#endif
     }
 
     /// <summary>

@@ -15,9 +15,6 @@ internal sealed class JobsServiceImpl(JobManager jobs, Store store, Catalog cata
     private Task<StartJobResponse> Start(JobKind kind, IMessage request, string requestId, ServerCallContext context)
     {
         requestId = RequestErrors.RequestId(requestId);
-        if (!StageRunner.StagesAvailable)
-            throw new RpcException(new Status(StatusCode.Unimplemented,
-                "this build of the host has no engine pipeline stages (src/Engine/Pipeline/PipelineStages.cs)"));
         RequestErrors.CallStillWanted(context);
         var (record, created) = jobs.Enqueue(kind, request, requestId);
         using (logger.BeginScope(new Dictionary<string, object> { ["JobId"] = record.Id }))

@@ -2,7 +2,7 @@ using System.Threading.Channels;
 using Grpc.Core;
 using WeakTeacher.Engine.Data;
 using WeakTeacher.Grpc.V1;
-using WeakTeacher.GrpcHost.Labeling;
+using WeakTeacher.GrpcHost.Labelling;
 using WeakTeacher.GrpcHost.Storage;
 using WeakTeacher.GrpcHost.Validation;
 
@@ -14,8 +14,6 @@ internal sealed class LabelingServiceImpl(LabelBatcher batcher, Catalog catalog,
 
     public override async Task<LabelPairsResponse> LabelPairs(LabelPairsRequest request, ServerCallContext context)
     {
-        if (!batcher.Available)
-            throw new RpcException(new Status(StatusCode.Unimplemented, "this build of the host has no engine labeller (Engine.Labelling.WeakLabeler)"));
         if (string.IsNullOrEmpty(request.TeacherModelId)) throw RequestErrors.Invalid("teacher_model_id", "required");
         var teacher = catalog.GetModel("teacher_model_id", request.TeacherModelId).Id;
         if (request.Pairs.Count is 0 or > MaxPairsPerRequest) throw RequestErrors.Invalid("pairs", $"{request.Pairs.Count} pairs; send 1-{MaxPairsPerRequest}");
@@ -52,7 +50,7 @@ internal sealed class LabelingServiceImpl(LabelBatcher batcher, Catalog catalog,
             var label = t.GetAwaiter().GetResult();
             return new LabelPairResponse
             {
-                Id = pair.Id, Preferred = label.ChosenIndex == 0 ? Preference.A : Preference.B,
+                Id = pair.Id, Preferred = label.Label == 0 ? Preference.A : Preference.B,
                 RewardA = label.RewardA, RewardB = label.RewardB, Margin = label.Margin,
             };
         }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
@@ -60,8 +58,6 @@ internal sealed class LabelingServiceImpl(LabelBatcher batcher, Catalog catalog,
     public override async Task LabelStream(IAsyncStreamReader<LabelPairRequest> requestStream, IServerStreamWriter<LabelPairResponse> responseStream,
         ServerCallContext context)
     {
-        if (!batcher.Available)
-            throw new RpcException(new Status(StatusCode.Unimplemented, "this build of the host has no engine labeller (Engine.Labelling.WeakLabeler)"));
         var ct = context.CancellationToken;
         var template = PromptTemplate.Get(options.Labeling.Template);
         var results = Channel.CreateUnbounded<Task<LabelPairResponse>>(new UnboundedChannelOptions { SingleReader = true });

@@ -1,7 +1,7 @@
 using System.Text.Json;
 using Grpc.Core;
 using Microsoft.AspNetCore.Http.Features;
-using WeakTeacher.GrpcHost.Labeling;
+using WeakTeacher.GrpcHost.Labelling;
 using WeakTeacher.GrpcHost.Security;
 using WeakTeacher.GrpcHost.Storage;
 
@@ -26,7 +26,6 @@ internal static class RemoteRewardEndpoint
     private static async Task<IResult> Handle(HttpContext http, ApiKeys keys, LabelBatcher batcher, Catalog catalog, ServiceOptions options)
     {
         if (keys.Refusal(http.Request.Headers.Authorization.ToString()) is { } refusal) return Error(StatusCodes.Status401Unauthorized, refusal);
-        if (!batcher.Available) return Error(StatusCodes.Status501NotImplemented, "this build of the host has no engine labeller");
         if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit) limit.MaxRequestBodySize = options.Limits.MaxMessageBytes;
 
         string teacherId = http.Request.Query["teacher_model_id"].ToString();

@@ -2,21 +2,13 @@ using System.Diagnostics;
 using System.Threading.Channels;
 using Grpc.Core;
 using WeakTeacher.Engine.Data;
+using WeakTeacher.Engine.Labelling;
+using WeakTeacher.Engine.Pipeline;
+using WeakTeacher.Engine.Runtime;
 using WeakTeacher.GrpcHost.Observability;
 using WeakTeacher.GrpcHost.Storage;
 
-namespace WeakTeacher.GrpcHost.Labeling;
-
-/// <summary>One pair's label: <see cref="ChosenIndex"/> 0 = A preferred, 1 = B.</summary>
-internal sealed record PairLabel(int ChosenIndex, double RewardA, double RewardB, double Margin);
-
-/// <summary>A loaded teacher that labels batches of pairs and scores batches of single responses (the engine's WeakLabeler).</summary>
-internal interface ITeacherLabeller : IDisposable
-{
-    IReadOnlyList<PairLabel> Label(IReadOnlyList<UnlabelledPair> pairs);
-    /// <summary>The teacher's reward of each (prompt, response), the texts taken as given.</summary>
-    IReadOnlyList<double> Score(IReadOnlyList<(string Prompt, string Response)> sequences);
-}
+namespace WeakTeacher.GrpcHost.Labelling;
 
 /// <summary>Work waiting for a device batch: a pair to label (LabelStream) or a response to score (/get_reward).</summary>
 internal abstract record Pending(string TeacherId)
@@ -50,8 +42,7 @@ internal sealed class LabelBatcher : BackgroundService
     private readonly Catalog catalog;
     private readonly HostMetrics metrics;
     private readonly ILogger<LabelBatcher> logger;
-    private readonly Func<string, string, ServiceOptions, ITeacherLabeller>? load;
-    private (string Id, ITeacherLabeller Labeller)? loaded;
+    private (string Id, WeakLabeler Labeller)? loaded;
 
     public LabelBatcher(ServiceOptions options, Catalog catalog, HostMetrics metrics, ILogger<LabelBatcher> logger)
     {
@@ -59,10 +50,7 @@ internal sealed class LabelBatcher : BackgroundService
         this.catalog = catalog;
         this.metrics = metrics;
         this.logger = logger;
-        load = EngineLabeller.Factory;
     }
-
-    public bool Available => load is not null;
 
     public async Task<PairLabel> LabelAsync(string teacherId, UnlabelledPair pair, CancellationToken ct)
     {
@@ -124,13 +112,13 @@ internal sealed class LabelBatcher : BackgroundService
             var pairs = group.OfType<PendingPair>().ToList();
             if (pairs.Count > 0)
             {
-                var labels = labeller.Label(pairs.Select(p => p.Pair).ToList());
+                var labels = labeller.LabelBatch(pairs.Select(p => p.Pair).ToList());
                 for (int i = 0; i < pairs.Count; i++) pairs[i].Result.TrySetResult(labels[i]);
             }
             var scores = group.OfType<PendingScore>().ToList();
             if (scores.Count > 0)
             {
-                var rewards = labeller.Score(scores.Select(p => (p.Prompt, p.Response)).ToList());
+                var rewards = labeller.ScoreBatch(scores.Select(p => (p.Prompt, p.Response)).ToList());
                 for (int i = 0; i < scores.Count; i++) scores[i].Result.TrySetResult(rewards[i]);
             }
             metrics.LabelBatch(group.Count, clock.Elapsed);
@@ -147,14 +135,16 @@ internal sealed class LabelBatcher : BackgroundService
         }
     }
 
-    private ITeacherLabeller Teacher(string teacherId)
+    private WeakLabeler Teacher(string teacherId)
     {
         if (loaded is { } current && current.Id == teacherId) return current.Labeller;
         var model = catalog.GetModel("teacher_model_id", teacherId);
         loaded?.Labeller.Dispose();
         loaded = null;
         logger.LogInformation("Loading teacher {TeacherId} for streaming labelling", teacherId);
-        var labeller = load!(catalog.ModelPath(model), options.Devices.Length > 0 ? options.Devices[0] : "cpu", options);
+        var labeller = TeacherManifest.OpenLabeler(catalog.ModelPath(model),
+            TorchDevice.Initialize(options.Devices.Length > 0 ? options.Devices[0] : "cpu"),
+            new Engine.Labelling.LabelingOptions { MaxLength = options.Labeling.MaxLength, MaxPromptLength = options.Labeling.MaxPromptLength });
         loaded = (teacherId, labeller);
         return labeller;
     }
