@@ -18,88 +18,22 @@ internal sealed class DatasetsServiceImpl(Catalog catalog, Store store, ServiceO
         var name = Names.CheckName("metadata.name", metadata.Name);
         CheckEnums(metadata);
 
-        var temp = catalog.Layout.NewTempDir();
-        DatasetValidator.Streaming? streaming = null;
-        try
-        {
-            var staged = Path.Combine(temp, "upload");
-            FileEncoding encoding = FileEncoding.Unspecified;
-            long size = 0;
-            var head = new List<byte>(4);
-            await using (var file = new FileStream(staged, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true))
-            {
-                while (await requestStream.MoveNext(ct))
-                {
-                    var message = requestStream.Current;
-                    if (message.PayloadCase != UploadDatasetRequest.PayloadOneofCase.Data)
-                        throw RequestErrors.Invalid("metadata", "sent twice; after the first message only data may follow");
-                    var data = message.Data.Memory;
-                    size += data.Length;
-                    if (size > options.Limits.MaxDatasetBytes)
-                        throw new RpcException(new Status(StatusCode.ResourceExhausted,
-                            $"data: the dataset is larger than {options.Limits.MaxDatasetBytes} bytes (Limits:MaxDatasetBytes)"));
-                    await file.WriteAsync(data, ct);
-                    if (encoding == FileEncoding.Unspecified)
-                    {
-                        int taken = Math.Min(data.Length, 4 - head.Count);
-                        foreach (var b in data.Span[..taken]) head.Add(b);
-                        if (head.Count < 4) continue;
-                        encoding = StartEncoding(metadata, head.ToArray());
-                        if (encoding != FileEncoding.Parquet)
-                        {
-                            streaming = new DatasetValidator.Streaming(metadata.Format, encoding == FileEncoding.JsonlGz, temp);
-                            await FeedValidator(streaming, head.ToArray(), ct);
-                            await FeedValidator(streaming, data[taken..], ct);
-                            head.Clear();
-                        }
-                        continue;
-                    }
-                    if (streaming is not null) await FeedValidator(streaming, data, ct);
-                }
-                await file.FlushAsync(ct);
-                file.Flush(flushToDisk: true);
-            }
-            if (size == 0) throw RequestErrors.Invalid("data", "no bytes were sent");
-            if (encoding == FileEncoding.Unspecified)
-            {
-                // Fewer than 4 bytes in all: check what there is.
-                encoding = StartEncoding(metadata, head.ToArray());
-                streaming = new DatasetValidator.Streaming(metadata.Format, false, temp);
-                await FeedValidator(streaming, head.ToArray(), ct);
-            }
-            DatasetCheck check;
-            try
-            {
-                check = streaming is not null
-                    ? await streaming.CompleteAsync()
-                    : await Task.Run(() => DatasetValidator.CheckFile(staged, metadata.Format, temp), ct);
-                streaming = null;
-            }
-            catch (BadRowException e)
-            {
-                streaming = null;
-                throw BadRow(e);
-            }
-            var record = catalog.PublishDataset(DataLayout.NewId("ds"), name, staged, encoding, check, "upload");
-            logger.LogInformation("Dataset {DatasetId} '{Name}' uploaded: {Rows} rows, {Bytes} bytes", record.Id, name, record.Rows, record.SizeBytes);
-            return Catalog.ToProto(record);
-        }
-        finally
-        {
-            if (streaming is not null) await streaming.AbandonAsync();
-            DataLayout.TryDelete(temp);
-        }
+        var record = await catalog.UploadDatasetAsync(name, metadata, Data(requestStream, ct), options.Limits.MaxDatasetBytes, ct);
+        logger.LogInformation("Dataset {DatasetId} '{Name}' uploaded: {Rows} rows, {Bytes} bytes", record.Id, name, record.Rows, record.SizeBytes);
+        return Catalog.ToProto(record);
     }
 
-    private static async Task FeedValidator(DatasetValidator.Streaming streaming, ReadOnlyMemory<byte> data, CancellationToken ct)
+    /// <summary>The payload of the messages after the first: data only.</summary>
+    private static async IAsyncEnumerable<ReadOnlyMemory<byte>> Data(IAsyncStreamReader<UploadDatasetRequest> requestStream,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct = default)
     {
-        if (data.IsEmpty) return;
-        try { await streaming.WriteAsync(data, ct); }
-        catch (BadRowException e) { throw BadRow(e); }
+        while (await requestStream.MoveNext(ct))
+        {
+            if (requestStream.Current.PayloadCase != UploadDatasetRequest.PayloadOneofCase.Data)
+                throw RequestErrors.Invalid("metadata", "sent twice; after the first message only data may follow");
+            yield return requestStream.Current.Data.Memory;
+        }
     }
-
-    private static RpcException BadRow(BadRowException e) =>
-        RequestErrors.Invalid("data", e.Field is null ? $"{e.Location}: {e.Problem}" : $"{e.Location}: field '{e.Field}': {e.Problem}");
 
     private static void CheckEnums(DatasetMetadata metadata)
     {
@@ -141,7 +75,7 @@ internal sealed class DatasetsServiceImpl(Catalog catalog, Store store, ServiceO
         }
         catch (BadRowException e)
         {
-            throw BadRow(e);
+            throw Catalog.BadRow(e);
         }
     }
 

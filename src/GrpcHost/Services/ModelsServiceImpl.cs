@@ -17,70 +17,20 @@ internal sealed class ModelsServiceImpl(Catalog catalog, Store store, ServiceOpt
         if (requestStream.Current.PayloadCase != UploadModelRequest.PayloadOneofCase.Metadata)
             throw RequestErrors.Invalid("metadata", "the first message must carry metadata, not a file chunk");
         var name = Names.CheckName("metadata.name", requestStream.Current.Metadata.Name);
-        var temp = catalog.Layout.NewTempDir();
-        try
+        var (record, files) = await catalog.UploadModelAsync(name, Chunks(requestStream, ct), options.Limits.MaxModelBytes, ct);
+        logger.LogInformation("Model {ModelId} '{Name}' uploaded: {Files} files, {Bytes} bytes", record.Id, name, files, record.SizeBytes);
+        return Catalog.ToProto(record);
+    }
+
+    /// <summary>The file chunks of the messages after the first.</summary>
+    private static async IAsyncEnumerable<FileChunk> Chunks(IAsyncStreamReader<UploadModelRequest> requestStream,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct = default)
+    {
+        while (await requestStream.MoveNext(ct))
         {
-            var staged = Path.Combine(temp, "model");
-            Directory.CreateDirectory(staged);
-            var finished = new HashSet<string>(StringComparer.Ordinal);
-            string? currentPath = null;
-            FileStream? current = null;
-            long total = 0;
-            try
-            {
-                while (await requestStream.MoveNext(ct))
-                {
-                    var message = requestStream.Current;
-                    if (message.PayloadCase != UploadModelRequest.PayloadOneofCase.Chunk)
-                        throw RequestErrors.Invalid("metadata", "sent twice; after the first message only file chunks may follow");
-                    var chunk = message.Chunk;
-                    var path = Names.CheckRelativeFilePath("chunk.path", chunk.Path);
-                    if (path != currentPath)
-                    {
-                        if (current is not null) throw RequestErrors.Invalid("chunk.path", $"'{RequestErrors.Echo(currentPath)}' was not finished (eof) before '{RequestErrors.Echo(path)}' started");
-                        if (finished.Contains(path)) throw RequestErrors.Invalid("chunk.path", $"'{RequestErrors.Echo(path)}' was sent twice");
-                        var target = Path.Combine(staged, path.Replace('/', Path.DirectorySeparatorChar));
-                        Directory.CreateDirectory(Path.GetDirectoryName(target)!);
-                        current = new FileStream(target, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true);
-                        currentPath = path;
-                    }
-                    if (chunk.Offset != current!.Length)
-                        throw RequestErrors.Invalid("chunk.offset", $"{chunk.Offset} for '{RequestErrors.Echo(path)}', expected {current.Length} (chunks in order)");
-                    total += chunk.Data.Length;
-                    if (total > options.Limits.MaxModelBytes)
-                        throw new RpcException(new Status(StatusCode.ResourceExhausted,
-                            $"chunk.data: the model is larger than {options.Limits.MaxModelBytes} bytes (Limits:MaxModelBytes)"));
-                    await current.WriteAsync(chunk.Data.Memory, ct);
-                    if (chunk.Eof)
-                    {
-                        await current.FlushAsync(ct);
-                        current.Flush(flushToDisk: true);
-                        await current.DisposeAsync();
-                        current = null;
-                        if (!string.IsNullOrEmpty(chunk.Sha256))
-                        {
-                            var actual = DataLayout.Sha256Of(Path.Combine(staged, path.Replace('/', Path.DirectorySeparatorChar)));
-                            if (!string.Equals(actual, chunk.Sha256, StringComparison.OrdinalIgnoreCase))
-                                throw RequestErrors.Invalid("chunk.sha256", $"'{RequestErrors.Echo(path)}' arrived with SHA-256 {actual}, the client said {RequestErrors.Echo(chunk.Sha256)}");
-                        }
-                        finished.Add(path);
-                        currentPath = null;
-                    }
-                }
-            }
-            finally
-            {
-                if (current is not null) await current.DisposeAsync();
-            }
-            if (currentPath is not null) throw RequestErrors.Invalid("chunk.eof", $"'{RequestErrors.Echo(currentPath)}' never got its last chunk (eof)");
-            if (finished.Count == 0) throw RequestErrors.Invalid("chunk", "no files were sent");
-            var record = catalog.PublishModel(DataLayout.NewId("mdl"), name, staged, "upload");
-            logger.LogInformation("Model {ModelId} '{Name}' uploaded: {Files} files, {Bytes} bytes", record.Id, name, finished.Count, record.SizeBytes);
-            return Catalog.ToProto(record);
-        }
-        finally
-        {
-            DataLayout.TryDelete(temp);
+            if (requestStream.Current.PayloadCase != UploadModelRequest.PayloadOneofCase.Chunk)
+                throw RequestErrors.Invalid("metadata", "sent twice; after the first message only file chunks may follow");
+            yield return requestStream.Current.Chunk;
         }
     }
 

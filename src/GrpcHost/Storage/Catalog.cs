@@ -9,7 +9,7 @@ using WeakTeacher.GrpcHost.Validation;
 namespace WeakTeacher.GrpcHost.Storage;
 
 /// <summary>Datasets and models: registration (always staged under tmp/ then renamed into place), lookup, deletion.</summary>
-internal sealed class Catalog(DataLayout layout, Store store)
+internal sealed partial class Catalog(DataLayout layout, Store store)
 {
     public DataLayout Layout => layout;
 
