@@ -9,6 +9,7 @@ using WeakTeacher.GrpcHost.Observability;
 using WeakTeacher.GrpcHost.Security;
 using WeakTeacher.GrpcHost.Services;
 using WeakTeacher.GrpcHost.Storage;
+using WeakTeacher.GrpcHost.Validation;
 
 // `--default-task` is a switch; the configuration system wants a value.
 args = args.Select(a => a == "--default-task" ? "--DefaultTask=true" : a).ToArray();
@@ -100,6 +101,8 @@ builder.Services.AddOpenTelemetry().WithMetrics(m => m
     .AddMeter("Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel")
     .AddPrometheusExporter());
 
+// Last, after every AddGrpc* (each adds grpc-dotnet's default binder again): unparseable requests are INVALID_ARGUMENT.
+RequestParsing.Register(builder.Services);
 var app = builder.Build();
 app.UseSwagger(); // the OpenAPI document of the HTTP/JSON face: /swagger/v1/swagger.json
 var logger = app.Services.GetRequiredService<ILogger<Program>>();

@@ -74,6 +74,30 @@ public sealed class JobRequestTests(DefaultTaskHost shared)
         Assert.True(m.Status.Detail.Length < 200, $"message of {m.Status.Detail.Length} characters");
     }
 
+    [Fact]
+    public async Task A_base_model_named_as_teacher_is_the_callers_mistake_without_a_server_path()
+    {
+        await shared.RequireStagesAsync();
+        var labeling = new LabelingService.LabelingServiceClient(shared.Host.Channel);
+        var e = await Client.Fails(StatusCode.FailedPrecondition, async () =>
+        {
+            using var call = labeling.LabelStream();
+            await call.RequestStream.WriteAsync(new LabelPairRequest { Id = "x", TeacherModelId = "default-teacher-base", Prompt = "p", ResponseA = "a", ResponseB = "b" });
+            await call.RequestStream.CompleteAsync();
+            await foreach (var _ in call.ResponseStream.ReadAllAsync()) { }
+        }, "not a trained teacher");
+        Assert.DoesNotContain(shared.Host.DataDir, e.Status.Detail);
+        Assert.DoesNotContain("/", e.Status.Detail);
+        await Client.Fails(StatusCode.FailedPrecondition, async () => await labeling.LabelPairsAsync(new LabelPairsRequest
+        {
+            TeacherModelId = "default-student-base", Pairs = { new LabelPairRequest { Id = "x", Prompt = "p", ResponseA = "a", ResponseB = "b" } },
+        }), "teacher_model_id");
+        await Client.Fails(StatusCode.FailedPrecondition, async () => await Jobs.LabelAsync(new LabelRequest
+        {
+            TeacherModelId = "default-teacher-base", UnlabelledDatasetId = "default-unlabelled",
+        }), "teacher_model_id");
+    }
+
     /// <summary>Stamps every request with a deadline that has already passed when it arrives.</summary>
     private sealed class ExpiredDeadline(HttpMessageHandler inner) : DelegatingHandler(inner)
     {

@@ -13,7 +13,7 @@ namespace WeakTeacher.GrpcHost.Jobs;
 /// job's work folder, registers its outputs and records the final state. A host shutdown leaves the job "running" in
 /// the database, so the next start resumes it from its last checkpoint.
 /// </summary>
-internal sealed class JobWorker(string device, JobManager jobs, Store store, StageRunner runner, DataLayout layout,
+internal sealed partial class JobWorker(string device, JobManager jobs, Store store, StageRunner runner, DataLayout layout,
     HostMetrics metrics, ILogger<JobWorker> logger) : BackgroundService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -95,11 +95,25 @@ internal sealed class JobWorker(string device, JobManager jobs, Store store, Sta
     {
         for (var inner = e; inner is not null; inner = inner.InnerException)
             if (inner.Message.Contains("out of memory", StringComparison.OrdinalIgnoreCase))
-                return (StatusCode.ResourceExhausted, $"device out of memory: {inner.Message}");
+                return (StatusCode.ResourceExhausted, $"device out of memory: {ForClient(inner.Message)}");
         if (e is RpcException rpc) return (rpc.StatusCode, rpc.Status.Detail);
         if (e is AggregateException { InnerExceptions.Count: 1 } aggregate) return Classify(aggregate.InnerExceptions[0]);
-        return (StatusCode.Internal, $"{e.GetType().Name}: {e.Message}");
+        return (StatusCode.Internal, $"{e.GetType().Name}: {ForClient(e.Message)} (details in the host log)");
     }
+
+    /// <summary>
+    /// What a client may see of an engine message: its first line (native errors append their C++ stack), with every
+    /// absolute server path cut to its last component. The full exception goes to the host log.
+    /// </summary>
+    internal static string ForClient(string message)
+    {
+        var firstLine = message.Split('\n', 2)[0].Trim();
+        var redacted = ServerPath().Replace(firstLine, m => Path.GetFileName(m.Value.TrimEnd('/')) is { Length: > 0 } name ? name : "<path>");
+        return redacted.Length > 300 ? redacted[..300] + "..." : redacted;
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"(?<![\w.])/(?:[^\s'"",:;()]+/)*[^\s'"",:;()]*")]
+    private static partial System.Text.RegularExpressions.Regex ServerPath();
 
     internal static string ToCodeName(StatusCode code) =>
         string.Concat(code.ToString().Select((c, i) => i > 0 && char.IsUpper(c) ? "_" + c : c.ToString())).ToUpperInvariant();

@@ -203,7 +203,7 @@ internal static class RequestTranslation
 
     public static LabelRequest Label(V1.LabelRequest r, Catalog catalog, string device)
     {
-        var teacher = catalog.GetModel("teacher_model_id", r.TeacherModelId);
+        catalog.GetModel("teacher_model_id", r.TeacherModelId);
         var data = catalog.GetDataset("unlabelled_dataset_id", r.UnlabelledDatasetId);
         if ((V1.DatasetFormat)data.Format == V1.DatasetFormat.Prompts)
             throw RequestErrors.Invalid("unlabelled_dataset_id", $"dataset '{data.Id}' holds prompts only, not response pairs");
@@ -212,6 +212,7 @@ internal static class RequestTranslation
         RequestErrors.Positive("max_length", r.HasMaxLength ? r.MaxLength : null, 1 << 20);
         RequestErrors.Positive("max_prompt_length", r.HasMaxPromptLength ? r.MaxPromptLength : null, 1 << 20);
         OutputName("output_name", r.OutputName);
+        var teacher = catalog.GetTeacher("teacher_model_id", r.TeacherModelId); // after the fields: a precondition, not a field error
         var defaults = new LabelRequest { TeacherDir = "", UnlabelledDataPath = "" };
         var request = new LabelRequest
         {

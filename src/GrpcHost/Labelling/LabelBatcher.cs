@@ -138,7 +138,7 @@ internal sealed class LabelBatcher : BackgroundService
     private WeakLabeler Teacher(string teacherId)
     {
         if (loaded is { } current && current.Id == teacherId) return current.Labeller;
-        var model = catalog.GetModel("teacher_model_id", teacherId);
+        var model = catalog.GetTeacher("teacher_model_id", teacherId);
         loaded?.Labeller.Dispose();
         loaded = null;
         logger.LogInformation("Loading teacher {TeacherId} for streaming labelling", teacherId);

@@ -15,7 +15,7 @@ internal sealed class LabelingServiceImpl(LabelBatcher batcher, Catalog catalog,
     public override async Task<LabelPairsResponse> LabelPairs(LabelPairsRequest request, ServerCallContext context)
     {
         if (string.IsNullOrEmpty(request.TeacherModelId)) throw RequestErrors.Invalid("teacher_model_id", "required");
-        var teacher = catalog.GetModel("teacher_model_id", request.TeacherModelId).Id;
+        var teacher = catalog.GetTeacher("teacher_model_id", request.TeacherModelId).Id;
         if (request.Pairs.Count is 0 or > MaxPairsPerRequest) throw RequestErrors.Invalid("pairs", $"{request.Pairs.Count} pairs; send 1-{MaxPairsPerRequest}");
         var template = PromptTemplate.Get(options.Labeling.Template);
         var ids = new HashSet<string>(StringComparer.Ordinal);
@@ -97,7 +97,7 @@ internal sealed class LabelingServiceImpl(LabelBatcher batcher, Catalog catalog,
                 {
                     if (teacher is not null && teacher != request.TeacherModelId)
                         throw RequestErrors.Invalid("teacher_model_id", $"{at}: one stream labels with one teacher ('{RequestErrors.Echo(teacher)}')");
-                    teacher ??= catalog.GetModel("teacher_model_id", request.TeacherModelId).Id;
+                    teacher ??= catalog.GetTeacher("teacher_model_id", request.TeacherModelId).Id;
                 }
                 if (teacher is null) throw RequestErrors.Invalid("teacher_model_id", $"{at}: required on the first message");
                 var pair = Translate(request, template, at);

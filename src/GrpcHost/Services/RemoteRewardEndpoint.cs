@@ -32,7 +32,7 @@ internal static class RemoteRewardEndpoint
         if (teacherId.Length == 0) teacherId = options.Labeling.RewardTeacherModelId ?? "";
         if (teacherId.Length == 0)
             return Error(StatusCodes.Status400BadRequest, "teacher_model_id: required (?teacher_model_id=<model id> on the URL, or Labeling:RewardTeacherModelId)");
-        try { teacherId = catalog.GetModel("teacher_model_id", teacherId).Id; }
+        try { teacherId = catalog.GetTeacher("teacher_model_id", teacherId).Id; }
         catch (RpcException e) { return Error(e.StatusCode == StatusCode.NotFound ? StatusCodes.Status404NotFound : StatusCodes.Status400BadRequest, e.Status.Detail); }
 
         JsonDocument body;

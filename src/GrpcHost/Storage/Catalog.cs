@@ -156,6 +156,16 @@ internal sealed partial class Catalog(DataLayout layout, Store store)
 
     public ModelRecord? GetModelOrNull(string id) => store.GetModel(id);
 
+    /// <summary>A model that a Train job made into a teacher (it has the teacher manifest); any other model is the caller's mistake.</summary>
+    public ModelRecord GetTeacher(string field, string? id)
+    {
+        var model = GetModel(field, id);
+        if (!File.Exists(Path.Combine(ModelPath(model), WeakTeacher.Engine.Pipeline.TeacherManifest.FileName)))
+            throw new global::Grpc.Core.RpcException(new global::Grpc.Core.Status(global::Grpc.Core.StatusCode.FailedPrecondition,
+                $"{field}: model '{model.Id}' is not a trained teacher (a base or aligned model); train one with Jobs.Train and use its 'teacher' artifact"));
+        return model;
+    }
+
     public string ModelPath(ModelRecord m) => layout.ModelDir(m.Id);
 
     public void DeleteModel(string field, string? id)
