@@ -5,12 +5,14 @@ namespace WeakTeacher.CudaKernels;
 
 /// <summary>
 /// The output head and the per-token log-prob in one (the Cut Cross-Entropy idea): from hidden states [N, H] and the
-/// output embedding [V, H], the log-probs of the labels without ever holding more than one [chunkRows, V] block of
-/// logits. The forward goes over row blocks [chunkRows, V] (each row's logsumexp needs the whole row) and keeps only
-/// the per-row logsumexp. The backward walks tiles of [8 * chunkRows, about V/8] — outer loop over vocabulary slices,
-/// inner over row blocks — recomputes each tile's logits, turns them into dlogits in place (the kernel needs only the
-/// saved full-row logsumexp), and accumulates dH += dlogits @ W[slice] and dW[slice] += dlogits^T @ h. So the float32
-/// accumulators are dH [N, H] and one slice of dW, never all of dW, when the inputs are bfloat16.
+/// output embedding [V, H], the log-probs of the labels without ever holding all [N, V] logits. The forward goes over
+/// row blocks [chunkRows, V] (each row's logsumexp needs the whole row) and keeps the per-row logsumexp.
+/// Frozen head (LoRA, the paper's DPO): each forward block also turns its logits into onehot - softmax in place and
+/// keeps (onehot - p) @ W [rows, H], so the backward is dH = g * that, with no recompute: two head matmuls per step, as
+/// eager (forward + dH). Trained head: the backward walks [rows, V-slice] tiles of up to 8 * chunkRows * V elements
+/// (all rows when they fit), recomputes each tile's logits, turns them into dlogits in place and adds
+/// dH += dlogits @ W[slice], dW[slice] = dlogits^T @ h (one product, rounded once, when the tile has every row).
+/// Per-sequence sums are deterministic (<see cref="SequenceSums"/>).
 /// </summary>
 public static class FusedHeadLogProbs
 {
@@ -74,11 +76,15 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         long ignoreIndex = (long)vars[5];
         int chunkRows = (int)vars[6];
         bool cuda = (bool)vars[7];
+        bool needHidden = (bool)vars[8], needWeight = (bool)vars[9];
         long n = hidden.shape[0];
+        // frozen head (LoRA): the backward needs only dH = g * (onehot - p) @ W, and (onehot - p) @ W is a per-row
+        // [H] vector each forward block can compute while its logits are alive, so the backward recomputes nothing
+        bool frozenHead = needHidden && !needWeight;
 
         var token = empty(n, ScalarType.Float32, hidden.device);
         var lse = empty(n, ScalarType.Float32, hidden.device);
-        var sequence = zeros(numSequences, ScalarType.Float32, hidden.device);
+        Tensor? headGrad = frozenHead ? empty_like(hidden) : null;   // [N, H]: (onehot - p) @ W per row, 0 on ignored rows
         var weightT = weight.t();
         for (long start = 0; start < n; start += chunkRows)
         {
@@ -86,50 +92,82 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
             long rows = Math.Min(chunkRows, n - start);
             var logits = hidden.narrow(0, start, rows).mm(weightT);
             var labelsBlock = labels.narrow(0, start, rows);
+            var tokenBlock = token.narrow(0, start, rows);
+            var lseBlock = lse.narrow(0, start, rows);
+            if (cuda) CudaOps.LogProbForward(logits, labelsBlock, ignoreIndex, tokenBlock, lseBlock);
+            else ReferenceLogProbs.ForwardBlock(logits.to(ScalarType.Float32), labelsBlock, ignoreIndex, tokenBlock, lseBlock);
+            if (headGrad is null) continue;
+            Tensor q;   // onehot - p, in the logits' dtype
+            var unit = labelsBlock.Ne(ignoreIndex).to(ScalarType.Float32);
             if (cuda)
-                CudaOps.LogProbForward(logits, labelsBlock, seqIndex.narrow(0, start, rows), ignoreIndex,
-                    token.narrow(0, start, rows), lse.narrow(0, start, rows), sequence);
+            {
+                // the backward kernel with g = 1 per valid row, in place on the block
+                CudaOps.LogProbBackward(logits, labelsBlock, labelsBlock /* seqIndex: unread without grad_seq */, lseBlock, unit, empty(0, ScalarType.Float32, hidden.device),
+                    ignoreIndex, logits);
+                q = logits;
+            }
             else
-                ReferenceLogProbs.ForwardBlock(logits.to(ScalarType.Float32), labelsBlock, ignoreIndex,
-                    token.narrow(0, start, rows), lse.narrow(0, start, rows));
+            {
+                q = ReferenceLogProbs.BackwardBlock(logits.to(ScalarType.Float32), labelsBlock, ignoreIndex, lseBlock, unit).to(hidden.dtype);
+            }
+            headGrad.narrow(0, start, rows).copy_(q.mm(weight));
         }
-        if (!cuda) sequence.IndexAddInPlace(0, seqIndex, token);
-        ctx.save_for_backward([hidden, weight, labels, seqIndex, lse]);
+        var sequence = ReferenceLogProbs.SequenceSums(token, seqIndex, numSequences);
+        ctx.save_for_backward(headGrad is null ? [hidden, weight, labels, seqIndex, lse] : [headGrad, labels, seqIndex]);
         ctx.save_data("ignoreIndex", ignoreIndex);
         ctx.save_data("chunkRows", chunkRows);
         ctx.save_data("cuda", cuda);
-        ctx.save_data("needHidden", (bool)vars[8]);
-        ctx.save_data("needWeight", (bool)vars[9]);
+        ctx.save_data("frozenHead", frozenHead);
+        ctx.save_data("needHidden", needHidden);
+        ctx.save_data("needWeight", needWeight);
         ctx.save_data("numSequences", numSequences);
         ctx.set_materialize_grads(false);   // see AutogradGrads
         return [token, sequence];
     }
 
-    /// <summary>Vocabulary slices of the backward: about V/8 columns, a multiple of 64.</summary>
-    internal static long SliceColumns(long vocab) => Math.Min(vocab, Math.Max(64, ((vocab + 7) / 8 + 63) / 64 * 64));
+    /// <summary>The backward's tiles when the head is trained: [rows, columns] of at most 8 * chunkRows * V elements,
+    /// all N rows when 64 columns or more then fit, so dW[slice] = dlogits^T h is one product rounded once (as eager's
+    /// dW is) and written straight into dW; dH gathers one product per vocabulary slice in float32.</summary>
+    internal static (long Rows, long Columns) BackwardTile(long n, long vocab, int chunkRows)
+    {
+        long budget = 8L * chunkRows * Math.Max(vocab, 1);
+        long rows = Math.Clamp(budget / 64, 1, Math.Max(n, 1));
+        long columns = Math.Min(vocab, Math.Max(64, budget / rows / 64 * 64));
+        return (rows, columns);
+    }
 
     public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads)
     {
         var saved = ctx.get_saved_variables();
-        Tensor hidden = saved[0], weight = saved[1], labels = saved[2], seqIndex = saved[3], lse = saved[4];
         long ignoreIndex = (long)ctx.get_data("ignoreIndex");
         int chunkRows = (int)ctx.get_data("chunkRows");
         bool cuda = (bool)ctx.get_data("cuda");
         bool needHidden = (bool)ctx.get_data("needHidden");
         bool needWeight = (bool)ctx.get_data("needWeight");
+        int numSequences = (int)ctx.get_data("numSequences");
+        if (!needHidden && !needWeight) return [null!, null!, null!, null!, null!, null!, null!, null!, null!, null!];
+        if ((bool)ctx.get_data("frozenHead"))
+        {
+            Tensor headGrad = saved[0], frozenLabels = saved[1], frozenSeq = saved[2];
+            using var frozenScope = NewDisposeScope();
+            var g = ReferenceLogProbs.RowGrad(AutogradGrads.OrZeros(grads[0], headGrad.shape[0], headGrad.device),
+                AutogradGrads.OrZeros(grads[1], numSequences, headGrad.device), frozenLabels, frozenSeq, ignoreIndex);
+            var dh = headGrad.to(ScalarType.Float32).mul_(g.unsqueeze(1)).to(headGrad.dtype).MoveToOuterDisposeScope();
+            return [dh, null!, null!, null!, null!, null!, null!, null!, null!, null!];
+        }
+        Tensor hidden = saved[0], weight = saved[1], labels = saved[2], seqIndex = saved[3], lse = saved[4];
         long n = hidden.shape[0], vocab = weight.shape[0];
         // float32/float64 inputs accumulate in place; bfloat16/float16 in float32 buffers
         bool full = hidden.dtype is ScalarType.Float32 or ScalarType.Float64;
 
         Tensor? dHidden = null, dWeight = null;
-        if (!needHidden && !needWeight) return [null!, null!, null!, null!, null!, null!, null!, null!, null!, null!];
         // dH accumulates over vocabulary slices: float32 [N, H] (the output itself for float32 inputs)
         Tensor? dHidden32 = needHidden ? zeros(hidden.shape, full ? hidden.dtype : ScalarType.Float32, hidden.device) : null;
         if (needWeight) dWeight = full ? zeros_like(weight) : empty_like(weight);
         using (var scope = NewDisposeScope())
         {
             var gradTokenIn = AutogradGrads.OrZeros(grads[0], n, hidden.device);
-            var gradSequenceIn = AutogradGrads.OrZeros(grads[1], (int)ctx.get_data("numSequences"), hidden.device);
+            var gradSequenceIn = AutogradGrads.OrZeros(grads[1], numSequences, hidden.device);
             Tensor? gradToken = null, gradSequence = null, rowGrad = null;
             if (cuda)
             {
@@ -140,16 +178,17 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
             {
                 rowGrad = ReferenceLogProbs.RowGrad(gradTokenIn, gradSequenceIn, labels, seqIndex, ignoreIndex);
             }
-            long sliceColumns = SliceColumns(vocab);
-            long tileRows = Math.Min(Math.Max(n, 1), (long)chunkRows * 8);
+            var (tileRows, sliceColumns) = BackwardTile(n, vocab, chunkRows);
+            bool oneRowTile = tileRows >= n;
             for (long col = 0; col < vocab; col += sliceColumns)
             {
                 using var sliceScope = NewDisposeScope();
                 long cols = Math.Min(sliceColumns, vocab - col);
                 var weightSlice = weight.narrow(0, col, cols);
                 var weightSliceT = weightSlice.t();
-                // dW of this slice: the output's rows themselves for float32, a float32 accumulator otherwise
-                Tensor? dWeightSlice = dWeight is null ? null : full ? dWeight.narrow(0, col, cols) : zeros([cols, weight.shape[1]], ScalarType.Float32, weight.device);
+                // dW of this slice: the output's rows themselves for float32 or a single row tile, else a float32 accumulator
+                Tensor? dWeightSlice = dWeight is null ? null
+                    : full || oneRowTile ? dWeight.narrow(0, col, cols) : zeros([cols, weight.shape[1]], ScalarType.Float32, weight.device);
                 for (long start = 0; start < n; start += tileRows)
                 {
                     using var tileScope = NewDisposeScope();
@@ -179,10 +218,11 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
                     if (dWeightSlice is not null)
                     {
                         if (full) dWeightSlice.addmm_(dlogits.t(), hiddenBlock);
+                        else if (oneRowTile) dWeightSlice.copy_(dlogits.t().mm(hiddenBlock));
                         else dWeightSlice.AddInPlace(dlogits.t().mm(hiddenBlock));
                     }
                 }
-                if (dWeightSlice is not null && !full) dWeight!.narrow(0, col, cols).copy_(dWeightSlice);
+                if (dWeightSlice is not null && !full && !oneRowTile) dWeight!.narrow(0, col, cols).copy_(dWeightSlice);
             }
         }
         if (dHidden32 is not null) dHidden = full ? dHidden32 : dHidden32.to(hidden.dtype);

@@ -52,5 +52,5 @@ internal static class ReferenceLogProbs
     }
 
     internal static Tensor SequenceSums(Tensor tokenLogps, Tensor seqIndex, int numSequences) =>
-        zeros(numSequences, ScalarType.Float32, tokenLogps.device).IndexAddInPlace(0, seqIndex, tokenLogps);
+        CudaKernels.SequenceSums.Forward(tokenLogps, seqIndex, numSequences);
 }

@@ -48,11 +48,9 @@ internal sealed class TokenLogProbsFunction : TorchSharp.torch.autograd.MultiTen
 
         var token = empty(n, ScalarType.Float32, logits.device);
         var lse = empty(n, ScalarType.Float32, logits.device);
-        Tensor sequence;
         if (cuda)
         {
-            sequence = zeros(numSequences, ScalarType.Float32, logits.device);
-            CudaOps.LogProbForward(logits, labels, seqIndex, ignoreIndex, token, lse, sequence);
+            CudaOps.LogProbForward(logits, labels, ignoreIndex, token, lse);
         }
         else
         {
@@ -64,8 +62,8 @@ internal sealed class TokenLogProbsFunction : TorchSharp.torch.autograd.MultiTen
                 ReferenceLogProbs.ForwardBlock(logits.narrow(0, start, rows).to(ScalarType.Float32), labels.narrow(0, start, rows),
                     ignoreIndex, token.narrow(0, start, rows), lse.narrow(0, start, rows));
             }
-            sequence = ReferenceLogProbs.SequenceSums(token, seqIndex, numSequences);
         }
+        var sequence = ReferenceLogProbs.SequenceSums(token, seqIndex, numSequences);
         ctx.save_for_backward([logits, labels, seqIndex, lse]);
         ctx.save_data("ignoreIndex", ignoreIndex);
         ctx.save_data("cuda", cuda);

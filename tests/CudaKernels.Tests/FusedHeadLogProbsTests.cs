@@ -7,8 +7,8 @@ public sealed class FusedHeadLogProbsTests
 {
     [Theory]
     [InlineData(29, 16, 509, 4, 0)]     // auto: one block
-    [InlineData(29, 16, 509, 4, 6)]     // 5 forward blocks, the last partial; 8 vocabulary slices in the backward
-    [InlineData(100, 16, 509, 7, 4)]    // backward row tiles of 32: 4 tiles (the last partial) x 8 slices
+    [InlineData(29, 16, 509, 4, 6)]     // 5 forward blocks, the last partial; one backward tile of all 29 rows x 509
+    [InlineData(100, 16, 509, 7, 1)]    // backward tiles of 63 rows x 64 columns: 2 row tiles (the last partial) x 8 slices
     [InlineData(10, 8, 50272, 3, 4)]
     public void ValuesAndGradientsMatchThePlainFormula(int n, int hiddenSize, int vocab, int s, int chunkRows)
     {
@@ -57,25 +57,36 @@ public sealed class FusedHeadLogProbsTests
         TestData.Close(weight64.grad!, weight.grad!, 0.05, 0.05, "bf16 dW");
     }
 
-    [Fact]
-    public void FrozenWeightGetsNoGradient()
+    [Theory]
+    [InlineData(ScalarType.Float32, 1e-4)]
+    [InlineData(ScalarType.BFloat16, 0.05)]
+    public void FrozenHeadGradientComesFromTheForwardBlocks(ScalarType dtype, double tolerance)
     {
+        // frozen head: dH = g * (onehot - p) @ W kept from the forward blocks, no recompute in the backward
         var gen = new TorchSharp.torch.Generator(4);
-        var hidden = randn([6, 8], generator: gen).requires_grad_(true);
-        var weight = randn([50, 8], generator: gen);
-        var (labels, seqIndex) = TestData.Rows(gen, 6, 50, 2, -100);
-        var (_, sequence) = FusedHeadLogProbs.Compute(hidden, weight, labels, seqIndex, 2, chunkRows: 4);
-        sequence.sum().backward();
-        Assert.NotNull(hidden.grad);
+        var hidden64 = randn([23, 8], ScalarType.Float64, generator: gen).to(dtype).to(ScalarType.Float64).requires_grad_(true);
+        var weight64 = randn([509, 8], ScalarType.Float64, generator: gen).to(dtype).to(ScalarType.Float64);
+        var (labels, seqIndex) = TestData.Rows(gen, 23, 509, 3, -100, allMaskedSequence: 1);
+        var tokenWeight = randn([23], ScalarType.Float64, generator: gen);
+        var (plainToken, plainSequence) = TestData.PlainLogProbs(hidden64.mm(weight64.t()), labels, seqIndex, 3, -100);
+        ((plainToken * tokenWeight).sum() + plainSequence.sum()).backward();
+
+        var hidden = hidden64.detach().to(dtype).requires_grad_(true);
+        var weight = weight64.detach().to(dtype);
+        var (token, sequence) = FusedHeadLogProbs.Compute(hidden, weight, labels, seqIndex, 3, chunkRows: 4);
+        ((token * tokenWeight.to(ScalarType.Float32)).sum() + sequence.sum()).backward();
         Assert.Null(weight.grad);
+        Assert.Equal(dtype, hidden.grad!.dtype);
+        TestData.Close(hidden64.grad!, hidden.grad!, tolerance, tolerance, "frozen-head dH");
     }
 
     [Fact]
     public void AutoChunkRowsBoundsTheLogitsBlock()
     {
-        Assert.Equal(6336, FusedHeadLogProbsFunction.SliceColumns(50272));   // 8 slices, the last 5920 wide
-        Assert.Equal(64, FusedHeadLogProbsFunction.SliceColumns(509));
-        Assert.Equal(50, FusedHeadLogProbsFunction.SliceColumns(50));
+        // 16 pairs x 512 tokens at OPT's vocabulary: all rows per tile (dW rounded once), 4 slices for dH
+        Assert.Equal((16384L, 15680L), FusedHeadLogProbsFunction.BackwardTile(16384, 50272, 640));
+        Assert.Equal((63L, 64L), FusedHeadLogProbsFunction.BackwardTile(100, 509, 1));
+        Assert.Equal((10L, 50L), FusedHeadLogProbsFunction.BackwardTile(10, 50, 4));
         Assert.Equal(640, FusedHeadLogProbs.AutoChunkRows(16384, 50272));
         Assert.True(640L * 50272 <= FusedHeadLogProbs.AutoBlockElements);
         Assert.Equal(10, FusedHeadLogProbs.AutoChunkRows(10, 50272));

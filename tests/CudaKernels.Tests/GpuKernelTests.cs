@@ -49,8 +49,12 @@ public sealed class GpuKernelTests
 
         var token = Poisoned(n, ScalarType.Float32, device);
         var lse = Poisoned(n, ScalarType.Float32, device);
-        var sequence = zeros(s, ScalarType.Float32, device);   // contract: zero, the kernel accumulates
-        CudaOps.LogProbForward(logits, labels, seqIndex, -100, token, lse, sequence);
+        var sequence = Poisoned(s, ScalarType.Float32, device);
+        CudaOps.LogProbForward(logits, labels, -100, token, lse);
+        CudaOps.SequenceSums(token, seqIndex, sequence);
+        var again = Poisoned(s, ScalarType.Float32, device);
+        CudaOps.SequenceSums(token, seqIndex, again);
+        Assert.True(sequence.equal(again).item<bool>(), "the sequence sums are not bit-identical between two launches");
 
         var logits64 = logitsCpu.to(ScalarType.Float64);
         var (expectedToken, expectedSequence) = TestData.PlainLogProbs(logits64, labelsCpu, seqCpu, s, -100);

@@ -52,8 +52,8 @@ internal static unsafe class CudaOps
         return true;
     }
 
-    /// <summary>token/lse [N] float32 are written; seq [S] float32 must be zero (atomicAdd accumulates into it).</summary>
-    internal static void LogProbForward(Tensor logits, Tensor labels, Tensor seqIndex, long ignoreIndex, Tensor token, Tensor lse, Tensor seq)
+    /// <summary>token/lse [N] float32 are written (the per-sequence sums are <see cref="SequenceSums"/>).</summary>
+    internal static void LogProbForward(Tensor logits, Tensor labels, long ignoreIndex, Tensor token, Tensor lse)
     {
         long n = logits.shape[0];
         if (n == 0) return;
@@ -63,13 +63,28 @@ internal static unsafe class CudaOps
         int width = VectorWidth(logits.dtype);
         int vectorized = Vectorizable(vocabLong, width, logits) ? 1 : 0;
         uint threads = RowThreads(vectorized == 1 ? vocabLong / width : vocabLong);
-        ulong pLogits = Ptr(logits), pLabels = Ptr(labels), pSeqIndex = Ptr(seqIndex), pToken = Ptr(token), pLse = Ptr(lse), pSeq = Ptr(seq);
+        ulong pLogits = Ptr(logits), pLabels = Ptr(labels), pToken = Ptr(token), pLse = Ptr(lse);
         int vocab = (int)vocabLong;
         long ignore = ignoreIndex;
-        void** args = stackalloc void*[9];
-        args[0] = &pLogits; args[1] = &pLabels; args[2] = &pSeqIndex; args[3] = &vocab; args[4] = &ignore;
-        args[5] = &vectorized; args[6] = &pToken; args[7] = &pLse; args[8] = &pSeq;
+        void** args = stackalloc void*[7];
+        args[0] = &pLogits; args[1] = &pLabels; args[2] = &vocab; args[3] = &ignore;
+        args[4] = &vectorized; args[5] = &pToken; args[6] = &pLse;
         Launch(device, LogProbFile, KernelName(logits.dtype, forward: true), checked((uint)n), threads, args);
+    }
+
+    /// <summary>sums [S] float32 = per-sequence sums of values [N] float32 by seqIndex [N] int64, fully written,
+    /// deterministic (one block per sequence, a fixed reduction order; no atomics).</summary>
+    internal static void SequenceSums(Tensor values, Tensor seqIndex, Tensor sums)
+    {
+        long s = sums.shape[0];
+        if (s == 0) return;
+        var device = CudaRuntime.DeviceOf(sums);
+        ulong pValues = Ptr(values), pSeqIndex = Ptr(seqIndex), pSums = Ptr(sums);
+        int n = checked((int)values.shape[0]);
+        if (n == 0) { sums.zero_(); return; }
+        void** args = stackalloc void*[4];
+        args[0] = &pValues; args[1] = &pSeqIndex; args[2] = &n; args[3] = &pSums;
+        Launch(device, LogProbFile, "sequence_sums_f32", checked((uint)s), 256, args);
     }
 
     /// <summary>dlogits (same dtype and shape as logits; may be the logits tensor itself) is fully written. logits may

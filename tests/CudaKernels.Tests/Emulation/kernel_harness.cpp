@@ -54,15 +54,22 @@ template <> struct Storage<unsigned short>
     static constexpr int vec = 8;
 };
 
-static void launch_forward(const float* x, const long long* labels, const long long* seq, int vocab, int vectorized, float* token, float* lse, float* sums, int n)
+// the host side of CudaOps.SequenceSums: one block of 256 threads per sequence
+static void launch_sums(const float* values, const long long* seq, int n, float* sums, int sequences)
+{
+    emu_launch(sequences, 256, [=] { sequence_sums_f32(values, seq, n, sums); });
+}
+static void launch_forward(const float* x, const long long* labels, const long long* seq, int vocab, int vectorized, float* token, float* lse, float* sums, int n, int sequences)
 {
     unsigned threads = row_threads(vectorized ? vocab / 4 : vocab);
-    emu_launch(n, threads, [=] { logprob_forward_f32(x, labels, seq, vocab, IGNORE, vectorized, token, lse, sums); });
+    emu_launch(n, threads, [=] { logprob_forward_f32(x, labels, vocab, IGNORE, vectorized, token, lse); });
+    launch_sums(token, seq, n, sums, sequences);
 }
-static void launch_forward(const unsigned short* x, const long long* labels, const long long* seq, int vocab, int vectorized, float* token, float* lse, float* sums, int n)
+static void launch_forward(const unsigned short* x, const long long* labels, const long long* seq, int vocab, int vectorized, float* token, float* lse, float* sums, int n, int sequences)
 {
     unsigned threads = row_threads(vectorized ? vocab / 8 : vocab);
-    emu_launch(n, threads, [=] { logprob_forward_bf16(x, labels, seq, vocab, IGNORE, vectorized, token, lse, sums); });
+    emu_launch(n, threads, [=] { logprob_forward_bf16(x, labels, vocab, IGNORE, vectorized, token, lse); });
+    launch_sums(token, seq, n, sums, sequences);
 }
 static void launch_backward(const float* x, const long long* labels, const long long* seq, const float* lse, const float* gt, const float* gs,
     int cols, long long offset, int vectorized, float* d, int n)
@@ -110,8 +117,8 @@ static void logprob_case(const char* name, int n, int vocab, int sequences, bool
         sums[seq[r]] += logp[r];
     }
     // forward, outputs poisoned
-    std::vector<float> token(n, NaN), lseOut(n, NaN), sumOut(sequences, 0.0f);
-    launch_forward(x.data(), labels.data(), seq.data(), vocab, vectorized ? 1 : 0, token.data(), lseOut.data(), sumOut.data(), n);
+    std::vector<float> token(n, NaN), lseOut(n, NaN), sumOut(sequences, NaN);
+    launch_forward(x.data(), labels.data(), seq.data(), vocab, vectorized ? 1 : 0, token.data(), lseOut.data(), sumOut.data(), n, sequences);
     for (int r = 0; r < n; r++)
     {
         CHECK(close(logp[r], token[r], 2e-5, 2e-6), "%s: token[%d] = %.7g, expected %.7g", name, r, token[r], logp[r]);
@@ -144,6 +151,52 @@ static void logprob_case(const char* name, int n, int vocab, int sequences, bool
                 name, r, tileStart + j, actual, expected);
             if (labels[r] == IGNORE) CHECK(actual == 0.0, "%s: ignored row %d has gradient", name, r);
         }
+}
+
+// NaN anywhere in a row makes its log-prob NaN; +inf makes the logsumexp +inf; an all -inf row but the label is 0
+static void special_values()
+{
+    const int vocab = 64;
+    for (int vectorized = 0; vectorized < 2; vectorized++)
+    {
+        std::vector<float> x(3 * vocab, 0.5f);
+        x[0 * vocab + 17] = NaN;                                                  // row 0: NaN off the label
+        x[1 * vocab + 40] = std::numeric_limits<float>::infinity();               // row 1: +inf
+        for (int j = 0; j < vocab; j++) x[2 * vocab + j] = j == 3 ? 2.0f : -std::numeric_limits<float>::infinity();
+        std::vector<long long> labels = { 1, 2, 3 }, seq = { 0, 0, 1 };
+        std::vector<float> token(3, 0.0f), lse(3, 0.0f), sums(2, 0.0f);
+        launch_forward(x.data(), labels.data(), seq.data(), vocab, vectorized, token.data(), lse.data(), sums.data(), 3, 2);
+        CHECK(std::isnan(token[0]) && std::isnan(sums[0]), "NaN logit (vectorized %d): token %g", vectorized, token[0]);
+        CHECK(lse[1] == std::numeric_limits<float>::infinity() && token[1] == -std::numeric_limits<float>::infinity(),
+            "+inf logit (vectorized %d): lse %g token %g", vectorized, lse[1], token[1]);
+        CHECK(token[2] == 0.0f && lse[2] == 2.0f && sums[1] == 0.0f, "one finite logit (vectorized %d): token %g lse %g", vectorized, token[2], lse[2]);
+    }
+}
+
+// The sums agree with float64 for unsorted indices, empty sequences and more rows than threads; and the same inputs
+// give the same bits whatever the order the rows' values were produced in (no atomics).
+static void sequence_sums_case()
+{
+    std::mt19937 rng(77);
+    std::normal_distribution<float> normal(-2.0f, 1.0f);
+    const int n = 1000, sequences = 7;
+    std::vector<float> values(n);
+    std::vector<long long> seq(n);
+    std::vector<double> expected(sequences, 0.0);
+    for (int r = 0; r < n; r++)
+    {
+        values[r] = normal(rng);
+        seq[r] = (r * 7919) % 6;          // sequence 6 stays empty; rows not sorted by sequence
+        expected[seq[r]] += values[r];
+    }
+    std::vector<float> a(sequences, NaN), b(sequences, NaN);
+    launch_sums(values.data(), seq.data(), n, a.data(), sequences);
+    launch_sums(values.data(), seq.data(), n, b.data(), sequences);
+    for (int s = 0; s < sequences; s++)
+    {
+        CHECK(close(expected[s], a[s], 1e-4, 1e-6), "sequence sum %d = %.7g, expected %.7g", s, a[s], expected[s]);
+        CHECK(std::memcmp(&a[s], &b[s], 4) == 0, "sequence sum %d differs between runs", s);
+    }
 }
 
 static double log_sigmoid_d(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::fabs(x))); }
@@ -223,6 +276,11 @@ int main()
     logprob_case<unsigned short>("bf16 scalar V=509", 7, 509, 3, false, 0, 509, false, 6);
     logprob_case<unsigned short>("bf16 vector V=4096", 9, 4096, 3, true, 0, 4096, false, 7);
     logprob_case<unsigned short>("bf16 tile in place V=2048", 6, 2048, 2, true, 1024, 1024, true, 8);
+    logprob_case<float>("f32 vector tail V=4000", 5, 4000, 2, true, 0, 4000, false, 9);          // unrolled groups + tail
+    logprob_case<unsigned short>("bf16 vector V=50272", 3, 50272, 2, true, 0, 50272, false, 10);
+    logprob_case<unsigned short>("bf16 tile V=50272", 4, 50272, 2, true, 12544, 12544, true, 11);
+    special_values();
+    sequence_sums_case();
     for (int type = 0; type < 4; type++)
     {
         preference_case(type, 0.1, 0.0, 300, 10 + type);
