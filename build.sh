@@ -4,6 +4,8 @@
 #   demo   the main job: the weak-teacher pipeline on the embedded synthetic task -> runs/demo/
 #   bench  model/kernel benchmarks (CPU here; pass --device cuda on a GPU node)
 #   serve  the gRPC host on loopback with the embedded default data
+#   device-dry-run  packs .device/ and runs benchmarks/device/gpu-checks.sh here on the CPU (WT_DRY_RUN=1), checking
+#          its set-up, per-step logs and summary rows before a GPU run spends device time on them (about 6 minutes)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 export DOTNET_NOLOGO=1 DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
@@ -91,6 +93,17 @@ case "$cmd" in
   serve)
     dotnet build src/GrpcHost/GrpcHost.csproj -c $config -nologo -v quiet
     dotnet src/GrpcHost/bin/$config/net10.0/WeakTeacher.GrpcHost.dll --urls http://127.0.0.1:50051 --default-task "$@" ;;
+  device-dry-run)
+    bash benchmarks/device/pack.sh
+    out=${OUT:-$(mktemp -d)}
+    WT_DRY_RUN=1 OUT=$out WT_DEVICE_WORK=$(mktemp -d) bash benchmarks/device/gpu-checks.sh
+    # the set-up ran, every step left a row, the kernel tests passed on the CPU, the logs are in $OUT
+    for s in info kernels fixtures parity-cpu kernelbench modelbench torch-baseline; do
+      grep -q "^$s " "$out/summary.txt" || { echo "device-dry-run: no summary row for $s in $out/summary.txt" >&2; exit 1; }
+    done
+    grep -Eq '^kernels +[|] +0 [|]' "$out/summary.txt" || { echo "device-dry-run: the kernels step failed (see $out/steps.log)" >&2; exit 1; }
+    grep -q '^== kernels' "$out/steps.log" || { echo "device-dry-run: no kernels log in $out/steps.log" >&2; exit 1; }
+    echo "device-dry-run: passed; logs in $out" ;;
   *)
-    echo "usage: ./build.sh test|demo|bench|serve|build" >&2; exit 2 ;;
+    echo "usage: ./build.sh test|demo|bench|serve|build|device-dry-run" >&2; exit 2 ;;
 esac

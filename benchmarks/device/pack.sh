@@ -8,7 +8,9 @@
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
+# ../shared beside the checkout; from a linked worktree, beside the main checkout
 shared=${WT_SHARED:-$root/../shared}
+[[ -f $shared/device/pack.sh ]] || shared=$(cd "$(git rev-parse --git-common-dir)/../.." && pwd)/shared
 projects=(tests/CudaKernels.Tests/CudaKernels.Tests.csproj tests/WeakTeacher.Tests/WeakTeacher.Tests.csproj
           benchmarks/KernelBench/KernelBench.csproj benchmarks/ModelBench/ModelBench.csproj)
 

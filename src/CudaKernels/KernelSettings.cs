@@ -47,6 +47,19 @@ public static class KernelSettings
         }
     }
 
+    private static int _fallbackReported;
+
+    /// <summary>Where the reference path replaces the kernels for a dtype they do not take (a float16 checkpoint), this
+    /// is said once per process on standard error rather than silently: that path is slower and holds more memory.</summary>
+    public static Action<string> FallbackReporter { get; set; } = message => Console.Error.WriteLine(message);
+
+    private static void ReportReferenceFallback(ScalarType dtype, string operation)
+    {
+        if (Interlocked.Exchange(ref _fallbackReported, 1) != 0) return;
+        FallbackReporter($"warning: {operation}: the CUDA kernels take float32 or bfloat16, not {dtype}; using the slower reference path " +
+            "(load the model as bfloat16 to use the kernels). Said once per process.");
+    }
+
     /// <summary>Decides whether an operation on <paramref name="probe"/> runs the CUDA kernels. With
     /// <paramref name="floatKernel"/> the kernels take float32 or bfloat16 only: under Auto another dtype takes the
     /// reference path, under <see cref="KernelBackend.Cuda"/> it is an error naming <paramref name="parameter"/>.</summary>
@@ -66,7 +79,9 @@ public static class KernelSettings
                     throw new ArgumentException($"{operation}: the CUDA kernels take float32 or bfloat16 {parameter}, got {probe.dtype}.", parameter);
                 return true;
             default:
-                return dtypeFits && probe.device_type == TorchSharp.DeviceType.CUDA && Cuda.CudaRuntime.IsAvailable;
+                bool onCuda = probe.device_type == TorchSharp.DeviceType.CUDA;
+                if (!dtypeFits && onCuda) ReportReferenceFallback(probe.dtype, operation);
+                return dtypeFits && onCuda && Cuda.CudaRuntime.IsAvailable;
         }
     }
 }
