@@ -43,8 +43,7 @@ public sealed record ResponseLogProbsDetail(Tensor SequenceLogps, Tensor TokenLo
         var position = (ScalarOps.Arange(0, TokenLogps.shape[0], int64, TokenLogps.device) - starts.index_select(0, SequenceIndex)).Add(1L);
         var shared = minimum(counts.narrow(0, 0, pairs), counts.narrow(0, pairs, pairs));
         var sharedPerRow = cat([shared, shared]).index_select(0, SequenceIndex);
-        var tail = zeros(counts.shape[0], float32, TokenLogps.device)
-            .index_add(0, SequenceIndex, TokenLogps * position.gt(sharedPerRow).to(float32), ScalarOps.One);
+        var tail = SequenceSums.Compute(TokenLogps * position.gt(sharedPerRow).to(float32), SequenceIndex, (int)counts.shape[0]);
         return tail.MoveToOuterDisposeScope();
     }
 
@@ -109,7 +108,8 @@ public static class ResponseLogProbs
             var weight = model.OutputWeight.detach();
             var detachedRows = rows.detach();
             var meanLogit = detachedRows.to(float32).matmul(weight.to(float32).mean([0]));                 // [N]
-            logitSums = zeros(b, float32, sequence.device).index_add(0, sequenceIndex, meanLogit, ScalarOps.One);
+            // deterministic sums (index_add adds with atomics on CUDA)
+            logitSums = SequenceSums.Compute(meanLogit.contiguous(), sequenceIndex, (int)b);
             wpoLog = null!;
             if (wpo)
             {
@@ -126,7 +126,7 @@ public static class ResponseLogProbs
                     denominator.narrow(0, start, count).copy_(logits.Mul(2L).logsumexp(1) - logits.logsumexp(1).Mul(2L));
                 }
                 var aligned = tokens.detach() - denominator;
-                wpoLog = zeros(b, float32, sequence.device).index_add(0, sequenceIndex, aligned, ScalarOps.One) / counts.ClampMin(1L).to(float32);
+                wpoLog = SequenceSums.Compute(aligned.contiguous(), sequenceIndex, (int)b) / counts.ClampMin(1L).to(float32);
             }
         }
         return new ResponseLogProbsDetail(sequence.MoveToOuterDisposeScope(), tokens, sequenceIndex.MoveToOuterDisposeScope(),
