@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The one entry point.  ./build.sh test | demo | bench | serve | build
+# The one entry point.  ./build.sh test | demo | experiments | bench | serve | build
 #   test   restore, build, run every test (CPU; GPU tests skip themselves without a GPU)
 #   demo   the main job: the weak-teacher pipeline on the embedded synthetic task -> runs/demo/
+#   experiments  the paper's studies over 3 seeds on the embedded task -> runs/experiments/results/report.md
 #   bench  model/kernel benchmarks (CPU here; pass --device cuda on a GPU node)
 #   serve  the gRPC host on loopback with the embedded default data
 #   device-dry-run  packs .device/ and runs benchmarks/device/gpu-checks.sh here on the CPU (WT_DRY_RUN=1), checking
@@ -85,6 +86,9 @@ case "$cmd" in
   demo)
     dotnet build src/Cli/Cli.csproj -c $config -nologo -v quiet
     dotnet src/Cli/bin/$config/net10.0/wt.dll demo "$@" ;;
+  experiments)
+    dotnet build src/Cli/Cli.csproj -c $config -nologo -v quiet
+    dotnet src/Cli/bin/$config/net10.0/wt.dll experiments "$@" ;;
   bench)
     dotnet build benchmarks/ModelBench/ModelBench.csproj -c $config -nologo -v quiet
     dotnet build benchmarks/KernelBench/KernelBench.csproj -c $config -nologo -v quiet
@@ -105,5 +109,5 @@ case "$cmd" in
     grep -q '^== kernels' "$out/steps.log" || { echo "device-dry-run: no kernels log in $out/steps.log" >&2; exit 1; }
     echo "device-dry-run: passed; logs in $out" ;;
   *)
-    echo "usage: ./build.sh test|demo|bench|serve|build|device-dry-run" >&2; exit 2 ;;
+    echo "usage: ./build.sh test|demo|experiments|bench|serve|build|device-dry-run" >&2; exit 2 ;;
 esac

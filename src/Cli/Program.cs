@@ -56,6 +56,40 @@ run.SetAction((parse, ct) => Task.Run(() =>
 }, ct));
 root.Subcommands.Add(run);
 
+var experimentsConfigOption = new Option<string?>("--config") { Description = "Experiment config file (JSON); without it, the default study set on the embedded task." };
+var studyOption = new Option<string[]>("--study") { Description = "Run only these studies (names or 1-9; repeatable).", AllowMultipleArgumentsPerToken = true };
+var seedsOption = new Option<long[]>("--seeds") { Description = "Seeds (overrides the config's list).", AllowMultipleArgumentsPerToken = true };
+var experimentsOut = new Option<string>("--out") { Description = "Folder of the embedded task's default study set.", DefaultValueFactory = _ => "runs/experiments" };
+var experiments = new Command("experiments", "The paper's studies over several seeds as one resumable job; writes report.md, report.json and a plot per study.")
+{
+    experimentsConfigOption, experimentsOut, sizeOption, deviceOption, studyOption, seedsOption, threadsOption,
+};
+experiments.SetAction((parse, ct) => Task.Run(() =>
+{
+    var clock = Stopwatch.StartNew();
+    var progress = new ConsoleProgress();
+    string? configPath = parse.GetValue(experimentsConfigOption);
+    if (configPath is null)
+    {
+        string device = parse.GetValue(deviceOption)!;
+        TorchDevice.Initialize(device, threads: parse.GetValue(threadsOption));
+        configPath = WeakTeacher.Engine.Experiments.DefaultExperiments.Prepare(Path.GetFullPath(parse.GetValue(experimentsOut)!),
+            parse.GetValue(sizeOption), progress, ct, device);
+        progress.Finish();
+        Console.WriteLine($"default study set: {configPath} (prepared in {clock.Elapsed.TotalSeconds:F0} s)");
+    }
+    var config = WeakTeacher.Engine.Experiments.ExperimentConfig.Load(configPath);
+    if (parse.GetValue(studyOption) is { Length: > 0 } studies) config = config with { Studies = studies };
+    if (parse.GetValue(seedsOption) is { Length: > 0 } seeds) config = config with { Seeds = seeds };
+    TorchDevice.Initialize(WeakTeacher.Engine.Pipeline.PipelineConfig.Load(config.Pipeline).Device, threads: parse.GetValue(threadsOption));
+    var report = WeakTeacher.Engine.Experiments.ExperimentRunner.Run(config, progress, ct);
+    progress.Finish();
+    foreach (var line in report.VerdictLines()) Console.WriteLine(line);
+    Console.WriteLine($"report: {Path.Combine(config.OutputDir, "report.md")}  {Path.Combine(config.OutputDir, "report.json")}  ({clock.Elapsed.TotalSeconds:F0} s in all)");
+    return 0;
+}, ct));
+root.Subcommands.Add(experiments);
+
 var prepare = new Command("prepare-default", "Write the embedded task (data, tokenizer, pretrained base models) into a folder.")
 {
     outOption, sizeOption, threadsOption,

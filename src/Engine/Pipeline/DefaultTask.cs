@@ -73,7 +73,7 @@ public static class DefaultTask
         return assets;
     }
 
-    private static ModelConfig OptConfig(HfTokenizer tokenizer, int hidden, int layers, int heads) => new()
+    internal static ModelConfig OptConfig(HfTokenizer tokenizer, int hidden, int layers, int heads) => new()
     {
         Family = ModelFamily.Opt,
         ModelType = "opt",
@@ -94,7 +94,7 @@ public static class DefaultTask
     };
 
     /// <summary>The corpus' "Question: ...\n\nAnswer: ..." documents as (templated prompt, response) pairs.</summary>
-    private static List<SftExample> SplitDocuments(IReadOnlyList<string> corpus)
+    internal static List<SftExample> SplitDocuments(IReadOnlyList<string> corpus)
     {
         const string answer = "\n\nAnswer: ";
         return corpus.Select(d =>
@@ -105,7 +105,7 @@ public static class DefaultTask
         }).ToList();
     }
 
-    private static void PretrainAndSave(ModelConfig config, HfTokenizer tokenizer, IReadOnlyList<SftExample> corpus, PretrainConfig options,
+    internal static void PretrainAndSave(ModelConfig config, HfTokenizer tokenizer, IReadOnlyList<SftExample> corpus, PretrainConfig options,
         string outputDir, string stage, IProgress<JobProgress>? progress, CancellationToken ct)
     {
         using var model = CausalLMFactory.Create(config, seed: options.Seed);
