@@ -36,6 +36,11 @@ public sealed class LimitOptions
     public int MaxMessageBytes { get; set; } = 4 * 1024 * 1024;
     /// <summary>Streaming calls (uploads, downloads, watches, label streams) open at once; more get RESOURCE_EXHAUSTED.</summary>
     public int MaxConcurrentStreams { get; set; } = 64;
+    /// <summary>
+    /// Key-exempt streams (health Watch) open at once, a pool apart from <see cref="MaxConcurrentStreams"/> so callers
+    /// without a key cannot take the slots of callers with one; more get RESOURCE_EXHAUSTED.
+    /// </summary>
+    public int MaxKeyExemptStreams { get; set; } = 16;
     /// <summary>HTTP/2 streams per connection (Kestrel).</summary>
     public int MaxStreamsPerConnection { get; set; } = 100;
     /// <summary>Jobs waiting to run; a start beyond it gets RESOURCE_EXHAUSTED.</summary>

@@ -144,6 +144,35 @@ public sealed class SecurityAndLimitsTests
     }
 
     [Fact]
+    public async Task Keyless_health_streams_cannot_take_the_stream_slots_of_keyed_callers()
+    {
+        const string key = "wt_test_key_streams_0123";
+        await using var server = await HostProcess.StartAsync(extraArgs:
+            ["--Auth:Require", "true", "--Auth:ApiKeyHashes:0", ApiKeys.Hash(key), "--Limits:MaxConcurrentStreams", "8", "--Limits:MaxKeyExemptStreams", "4"]);
+        var health = new Health.HealthClient(server.Channel);
+        using var stop = new CancellationTokenSource();
+        // More keyless Health/Watch streams than either pool holds; each is open once its first response has come.
+        var watches = new List<AsyncServerStreamingCall<HealthCheckResponse>>();
+        var refused = 0;
+        for (int i = 0; i < 12; i++)
+        {
+            var call = health.Watch(new HealthCheckRequest(), cancellationToken: stop.Token);
+            try { await call.ResponseStream.MoveNext(stop.Token); watches.Add(call); }
+            catch (RpcException e) when (e.StatusCode == StatusCode.ResourceExhausted) { refused++; call.Dispose(); }
+        }
+        Assert.Equal(4, watches.Count);
+        Assert.Equal(8, refused);
+        // Keyed streaming calls still get their slots: all 8 at once.
+        var ok = new Metadata { { "authorization", $"Bearer {key}" } };
+        var uploads = await Task.WhenAll(Enumerable.Range(0, 8).Select(i =>
+            Client.UploadDataset(server.Channel, $"keyed-{i}", System.Text.Encoding.UTF8.GetBytes(Client.ExplicitRows), headers: ok)));
+        Assert.All(uploads, u => Assert.Equal(3, u.Rows));
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await server.HealthAsync());
+        stop.Cancel();
+        foreach (var w in watches) w.Dispose();
+    }
+
+    [Fact]
     public void Keys_are_required_by_default_except_on_loopback()
     {
         Assert.False(ApiKeys.ResolveRequired("auto", ["http://127.0.0.1:5000", "http://[::1]:5001", "http://localhost:5002"]));
