@@ -45,8 +45,12 @@ public sealed class LimitOptions
     public int MaxStreamsPerConnection { get; set; } = 100;
     /// <summary>Jobs waiting to run; a start beyond it gets RESOURCE_EXHAUSTED.</summary>
     public int QueueCapacity { get; set; } = 64;
-    /// <summary>Largest dataset upload.</summary>
+    /// <summary>Largest dataset upload, as sent (compressed, for gzip).</summary>
     public long MaxDatasetBytes { get; set; } = 8L * 1024 * 1024 * 1024;
+    /// <summary>Largest dataset once decompressed (a gzip bomb is refused when its output passes this).</summary>
+    public long MaxDecompressedDatasetBytes { get; set; } = 32L * 1024 * 1024 * 1024;
+    /// <summary>Longest row (JSON line) of a dataset, in characters; rows are read through a buffer of this bound.</summary>
+    public int MaxRowLength { get; set; } = 16 * 1024 * 1024;
     /// <summary>Largest model upload (all files).</summary>
     public long MaxModelBytes { get; set; } = 64L * 1024 * 1024 * 1024;
 }

@@ -173,6 +173,43 @@ public sealed class SecurityAndLimitsTests
     }
 
     [Fact]
+    public async Task A_gzip_bomb_of_one_huge_line_is_refused_by_the_row_bound_in_bounded_memory()
+    {
+        await using var server = await HostProcess.StartAsync();
+        // 512 MiB of one line with no newline, about 0.5 MB gzip'd.
+        byte[] bomb;
+        using (var output = new MemoryStream())
+        {
+            using (var gz = new System.IO.Compression.GZipStream(output, System.IO.Compression.CompressionLevel.Optimal))
+            {
+                var block = System.Text.Encoding.ASCII.GetBytes("{\"prompt\": \"" + new string('a', (1 << 20) - 12));
+                for (int i = 0; i < 512; i++) gz.Write(block);
+            }
+            bomb = output.ToArray();
+        }
+        Assert.True(bomb.Length < 4 << 20, $"{bomb.Length} bytes compressed");
+        long before = HostileRequestTests.PeakResidentBytes(server.ProcessId);
+        await Client.Fails(StatusCode.InvalidArgument, () => Client.UploadDataset(server.Channel, "bomb", bomb, chunk: 1 << 20), "Limits:MaxRowLength");
+        long peak = HostileRequestTests.PeakResidentBytes(server.ProcessId);
+        // Without the bound the reader built the whole line (2 bytes a character, and StringBuilder growth): over 1 GiB here.
+        Assert.True(peak - before < 256L << 20, $"host peak RSS grew {(peak - before) >> 20} MiB (from {before >> 20} to {peak >> 20} MiB)");
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await server.HealthAsync());
+    }
+
+    [Fact]
+    public async Task The_decompressed_size_of_an_upload_is_bounded_and_named()
+    {
+        await using var server = await HostProcess.StartAsync(extraArgs: ["--Limits:MaxDecompressedDatasetBytes", "1000000"]);
+        var rows = string.Concat(Enumerable.Repeat(Client.ExplicitRows, 20000)); // well over 1 MB once decompressed
+        var gz = Client.Gzip(rows);
+        Assert.True(gz.Length < 1_000_000 && rows.Length > 2_000_000, $"{gz.Length} bytes gzip, {rows.Length} characters");
+        await Client.Fails(StatusCode.InvalidArgument, () => Client.UploadDataset(server.Channel, "big", gz, chunk: 1 << 16), "Limits:MaxDecompressedDatasetBytes");
+        // The same rows within the bound upload as before.
+        var ok = await Client.UploadDataset(server.Channel, "small", Client.Gzip(Client.ExplicitRows), chunk: 1 << 16);
+        Assert.Equal(3, ok.Rows);
+    }
+
+    [Fact]
     public void Keys_are_required_by_default_except_on_loopback()
     {
         Assert.False(ApiKeys.ResolveRequired("auto", ["http://127.0.0.1:5000", "http://[::1]:5001", "http://localhost:5002"]));

@@ -36,7 +36,7 @@ internal sealed partial class Catalog
                         encoding = StartEncoding(metadata, head.ToArray());
                         if (encoding != FileEncoding.Parquet)
                         {
-                            streaming = new DatasetValidator.Streaming(metadata.Format, encoding == FileEncoding.JsonlGz, temp);
+                            streaming = new DatasetValidator.Streaming(metadata.Format, encoding == FileEncoding.JsonlGz, temp, DatasetLimits.From(options.Limits));
                             await FeedValidator(streaming, head.ToArray(), ct);
                             await FeedValidator(streaming, chunk[taken..], ct);
                             head.Clear();
@@ -53,7 +53,7 @@ internal sealed partial class Catalog
             {
                 // Fewer than 4 bytes in all: check what there is.
                 encoding = StartEncoding(metadata, head.ToArray());
-                streaming = new DatasetValidator.Streaming(metadata.Format, false, temp);
+                streaming = new DatasetValidator.Streaming(metadata.Format, false, temp, DatasetLimits.From(options.Limits));
                 await FeedValidator(streaming, head.ToArray(), ct);
             }
             DatasetCheck check;
@@ -61,7 +61,7 @@ internal sealed partial class Catalog
             {
                 check = streaming is not null
                     ? await streaming.CompleteAsync()
-                    : await Task.Run(() => DatasetValidator.CheckFile(staged, metadata.Format, temp), ct);
+                    : await Task.Run(() => DatasetValidator.CheckFile(staged, metadata.Format, temp, DatasetLimits.From(options.Limits)), ct);
                 streaming = null;
             }
             catch (BadRowException e)

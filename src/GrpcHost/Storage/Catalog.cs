@@ -9,7 +9,7 @@ using WeakTeacher.GrpcHost.Validation;
 namespace WeakTeacher.GrpcHost.Storage;
 
 /// <summary>Datasets and models: registration (always staged under tmp/ then renamed into place), lookup, deletion.</summary>
-internal sealed partial class Catalog(DataLayout layout, Store store)
+internal sealed partial class Catalog(DataLayout layout, Store store, ServiceOptions options)
 {
     public DataLayout Layout => layout;
 
@@ -51,7 +51,7 @@ internal sealed partial class Catalog(DataLayout layout, Store store)
             using (var s = File.OpenRead(staged)) read = s.ReadAtLeast(head, 4, throwOnEndOfStream: false);
             var encoding = DatasetValidator.Sniff(head[..read]);
             var result = check || format == DatasetFormat.Unspecified
-                ? DatasetValidator.CheckFile(staged, format, temp)
+                ? DatasetValidator.CheckFile(staged, format, temp, DatasetLimits.From(options.Limits))
                 : new DatasetCheck(format, 0);
             return PublishDataset(id, name, staged, encoding, result, source);
         }

@@ -54,17 +54,14 @@ internal static class DatasetValidator
     }
 
     /// <summary>Checks a complete file (import, Parquet upload, job output).</summary>
-    public static DatasetCheck CheckFile(string path, DatasetFormat format, string scratchDir)
+    public static DatasetCheck CheckFile(string path, DatasetFormat format, string scratchDir, DatasetLimits limits)
     {
         if (format == DatasetFormat.Prompts)
         {
             if (DataFiles.DetectKind(path) == DataFileKind.Parquet)
                 throw new BadRowException("row 0", null, "prompt files must be JSON lines");
-            using var file = File.OpenRead(path);
-            using Stream stream = DataFiles.DetectKind(path) == DataFileKind.JsonlGzip ? new GZipStream(file, CompressionMode.Decompress) : file;
-            using var reader = new StreamReader(stream, Encoding.UTF8);
             long rows = 0, line = 0;
-            for (string? text; (text = ReadLine(reader, line)) is not null;)
+            foreach (var text in Lines(path, limits))
             {
                 line++;
                 if (CheckPromptLine(text, line)) rows++;
@@ -72,6 +69,9 @@ internal static class DatasetValidator
             if (rows == 0) throw new BadRowException("line 1", null, "the file has no rows");
             return new DatasetCheck(format, rows);
         }
+        // JSON lines are held to the row and size bounds before the reader parses them (Parquet rows are bounded by their pages).
+        if (DataFiles.DetectKind(path) != DataFileKind.Parquet)
+            foreach (var _ in Lines(path, limits)) { }
         try
         {
             var detected = format == DatasetFormat.Unspecified ? FromEngine(PreferenceDataReader.DetectFormat(path)) : format;
@@ -99,10 +99,14 @@ internal static class DatasetValidator
         return rows;
     }
 
-    private static string? ReadLine(StreamReader reader, long lineBefore)
+    /// <summary>The lines of a JSON-lines file (gzip or not), held to <paramref name="limits"/>.</summary>
+    private static IEnumerable<string> Lines(string path, DatasetLimits limits)
     {
-        try { return reader.ReadLine(); }
-        catch (InvalidDataException e) { throw new BadRowException($"line {lineBefore + 1}", null, $"the gzip stream is corrupt: {e.Message}"); }
+        using var file = File.OpenRead(path);
+        using var counted = new CountingStream(DataFiles.DetectKind(path) == DataFileKind.JsonlGzip ? new GZipStream(file, CompressionMode.Decompress) : file);
+        using var text = new StreamReader(counted, Encoding.UTF8);
+        var reader = new BoundedLineReader(text, () => counted.BytesRead, limits);
+        for (string? line; (line = reader.ReadLine()) is not null;) yield return line;
     }
 
     /// <summary>A prompts file row, checked as evaluation reads it (<see cref="PromptFile.ParseLine"/>). False for a blank line.</summary>
@@ -120,14 +124,16 @@ internal static class DatasetValidator
         private readonly Pipe pipe = new(new PipeOptions(pauseWriterThreshold: 4 << 20, resumeWriterThreshold: 2 << 20));
         private readonly Task<DatasetCheck> task;
         private readonly string scratchDir;
+        private readonly DatasetLimits limits;
         private DatasetFormat format;
         private long rows;
         private long lineOffset;
         private int batchNumber;
 
-        public Streaming(DatasetFormat format, bool gzip, string scratchDir)
+        public Streaming(DatasetFormat format, bool gzip, string scratchDir, DatasetLimits limits)
         {
             this.format = format;
+            this.limits = limits;
             this.scratchDir = scratchDir;
             task = Task.Factory.StartNew(() => Run(gzip), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         }
@@ -157,11 +163,12 @@ internal static class DatasetValidator
             try
             {
                 using Stream raw = pipe.Reader.AsStream();
-                using Stream stream = gzip ? new GZipStream(raw, CompressionMode.Decompress) : raw;
-                using var reader = new StreamReader(stream, Encoding.UTF8, detectEncodingFromByteOrderMarks: true, bufferSize: 1 << 16);
+                using var counted = new CountingStream(gzip ? new GZipStream(raw, CompressionMode.Decompress) : raw);
+                using var text = new StreamReader(counted, Encoding.UTF8, detectEncodingFromByteOrderMarks: true, bufferSize: 1 << 16);
+                var reader = new BoundedLineReader(text, () => counted.BytesRead, limits);
                 var batch = new StringBuilder();
                 int batchLines = 0;
-                for (string? line; (line = ReadLine(reader, lineOffset + batchLines)) is not null;)
+                for (string? line; (line = reader.ReadLine()) is not null;)
                 {
                     batch.Append(line).Append('\n');
                     batchLines++;
