@@ -98,6 +98,20 @@ public sealed class JobRequestTests(DefaultTaskHost shared)
         }), "teacher_model_id");
     }
 
+    [Fact]
+    public async Task A_max_length_beyond_the_models_positions_is_refused_at_request_time()
+    {
+        await shared.RequireStagesAsync();
+        int before = await TrainJobCount();
+        var request = PipelineTests.TeacherRequest("default-teacher-base", "default-labelled", 2, 0);
+        request.Dpo.Args.MaxLength = 4096;
+        var e = await Client.Fails(StatusCode.InvalidArgument, async () => await Jobs.TrainAsync(request), "dpo.args.max_length");
+        Assert.Contains("256 positions", e.Status.Detail);
+        var align = new AlignRequest { BaseModelId = "default-student-base", LabelledDatasetId = "default-labelled", Sft = new SftConfig { Args = new TrainingArguments { MaxLength = 300 } } };
+        await Client.Fails(StatusCode.InvalidArgument, async () => await Jobs.AlignAsync(align), "sft.args.max_length");
+        Assert.Equal(before, await TrainJobCount());
+    }
+
     /// <summary>Stamps every request with a deadline that has already passed when it arrives.</summary>
     private sealed class ExpiredDeadline(HttpMessageHandler inner) : DelegatingHandler(inner)
     {

@@ -23,6 +23,8 @@ internal static class RequestTranslation
         return value;
     }
 
+    private static int? SetMaxLength(V1.TrainingArguments? a) => a is { HasMaxLength: true } ? a.MaxLength : null;
+
     public static string? OutputName(string field, string value) =>
         string.IsNullOrEmpty(value) ? null : Names.CheckName(field, value);
 
@@ -183,7 +185,7 @@ internal static class RequestTranslation
         var data = catalog.GetDataset("labelled_dataset_id", r.LabelledDatasetId);
         RequireLabelled("labelled_dataset_id", data);
         OutputName("output_name", r.OutputName);
-        return new TrainTeacherRequest
+        var train = new TrainTeacherRequest
         {
             BaseModelDir = catalog.ModelPath(model),
             LabelledDataPath = catalog.DatasetPath(data),
@@ -199,6 +201,9 @@ internal static class RequestTranslation
             Template = Template("template", r.Template),
             Device = device,
         };
+        catalog.CheckLength("base_model_id", model, ("sft.args.max_length", SetMaxLength(r.Sft?.Args)), ("dpo.args.max_length", SetMaxLength(r.Dpo?.Args)),
+            ("reward.args.max_length", SetMaxLength(r.Reward?.Args)));
+        return train;
     }
 
     public static LabelRequest Label(V1.LabelRequest r, Catalog catalog, string device)
@@ -227,6 +232,7 @@ internal static class RequestTranslation
         };
         if (request.MaxPromptLength >= request.MaxLength)
             throw RequestErrors.Invalid("max_prompt_length", $"{request.MaxPromptLength} must be below max_length {request.MaxLength}");
+        catalog.CheckLength("teacher_model_id", teacher, ("max_length", r.HasMaxLength ? r.MaxLength : null));
         return request;
     }
 
@@ -236,7 +242,7 @@ internal static class RequestTranslation
         var data = catalog.GetDataset("labelled_dataset_id", r.LabelledDatasetId);
         RequireLabelled("labelled_dataset_id", data);
         OutputName("output_name", r.OutputName);
-        return new AlignRequest
+        var align = new AlignRequest
         {
             BaseModelDir = catalog.ModelPath(model),
             LabelledDataPath = catalog.DatasetPath(data),
@@ -245,6 +251,8 @@ internal static class RequestTranslation
             Template = Template("template", r.Template),
             Device = device,
         };
+        catalog.CheckLength("base_model_id", model, ("sft.args.max_length", SetMaxLength(r.Sft?.Args)), ("dpo.args.max_length", SetMaxLength(r.Dpo?.Args)));
+        return align;
     }
 
     public static EvaluateRequest Evaluate(V1.EvaluateRequest r, Catalog catalog, string device)

@@ -156,6 +156,33 @@ internal sealed partial class Catalog(DataLayout layout, Store store, ServiceOpt
 
     public ModelRecord? GetModelOrNull(string id) => store.GetModel(id);
 
+    /// <summary>
+    /// The fewest positions any network of the model takes (max_position_embeddings / n_positions of each config.json in
+    /// its folder: a base model has one, a teacher one per policy, reference or reward model); null when none is readable.
+    /// </summary>
+    public int? MaxPositions(ModelRecord m)
+    {
+        int? fewest = null;
+        foreach (var config in Directory.EnumerateFiles(ModelPath(m), "config.json", SearchOption.AllDirectories))
+        {
+            try { int n = ModelConfig.Load(config).MaxPositionEmbeddings; fewest = fewest is { } f ? Math.Min(f, n) : n; }
+            catch (Exception e) when (e is CheckpointException or NotSupportedException or IOException or JsonException) { }
+        }
+        return fewest;
+    }
+
+    /// <summary>
+    /// Refuses a max_length the client set that the model cannot take: a request-time INVALID_ARGUMENT, not a job that
+    /// fails later. (An unset one keeps the trainers' default, which truncates; the data decide whether it is reached.)
+    /// </summary>
+    public void CheckLength(string modelField, ModelRecord m, params (string Field, int? MaxLength)[] lengths)
+    {
+        if (lengths.All(l => l.MaxLength is null) || MaxPositions(m) is not { } positions) return;
+        foreach (var (field, maxLength) in lengths)
+            if (maxLength > positions)
+                throw RequestErrors.Invalid(field, $"{maxLength} is more than the {positions} positions of {modelField} '{m.Id}'");
+    }
+
     /// <summary>A model that a Train job made into a teacher (it has the teacher manifest); any other model is the caller's mistake.</summary>
     public ModelRecord GetTeacher(string field, string? id)
     {
