@@ -14,7 +14,9 @@ using WeakTeacher.GrpcHost.Validation;
 // `--default-task` is a switch; the configuration system wants a value.
 args = args.Select(a => a == "--default-task" ? "--DefaultTask=true" : a).ToArray();
 
-var builder = WebApplication.CreateBuilder(args);
+// The content root is the host's own folder, so appsettings.json (logging filters, limits) loads however and from
+// wherever the host is started (`./build.sh serve` runs it from the repository root).
+var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
 // WT_* environment variables (WT_DataDir, WT_Limits__QueueCapacity), then the command line again so it wins.
 builder.Configuration.AddEnvironmentVariables("WT_");
 builder.Configuration.AddCommandLine(args);

@@ -75,7 +75,7 @@ internal sealed class HostProcess : IAsyncDisposable
     }
 
     public static async Task<HostProcess> StartAsync(string? dataDir = null, IEnumerable<string>? extraArgs = null,
-        TimeSpan? timeout = null, int? port = null, IReadOnlyDictionary<string, string>? environment = null)
+        TimeSpan? timeout = null, int? port = null, IReadOnlyDictionary<string, string>? environment = null, string? workingDirectory = null)
     {
         dataDir ??= NewDataDir();
         int p = port ?? FreePort();
@@ -84,7 +84,7 @@ internal sealed class HostProcess : IAsyncDisposable
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
-            WorkingDirectory = Path.GetDirectoryName(HostDll)!,
+            WorkingDirectory = workingDirectory ?? Path.GetDirectoryName(HostDll)!,
         };
         info.ArgumentList.Add(HostDll);
         foreach (var a in new[] { "--urls", $"http://127.0.0.1:{p}", "--DataDir", dataDir }) info.ArgumentList.Add(a);

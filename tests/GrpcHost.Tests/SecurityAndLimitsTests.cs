@@ -210,6 +210,19 @@ public sealed class SecurityAndLimitsTests
     }
 
     [Fact]
+    public async Task Appsettings_json_applies_when_the_host_is_started_from_another_folder()
+    {
+        // As `./build.sh serve` starts it: the working directory is not the host's folder.
+        var elsewhere = HostProcess.NewDataDir();
+        await using var server = await HostProcess.StartAsync(workingDirectory: elsewhere);
+        for (int i = 0; i < 5; i++) await new DatasetsService.DatasetsServiceClient(server.Channel).ListDatasetsAsync(new ListDatasetsRequest());
+        await Task.Delay(300, TestContext.Current.CancellationToken);
+        // appsettings.json sets Microsoft.AspNetCore to Warning: no per-request "Request starting/finished" lines.
+        Assert.DoesNotContain("Request starting", server.Log);
+        Assert.Contains("Data folder", server.Log); // the host's own information lines still come
+    }
+
+    [Fact]
     public void Keys_are_required_by_default_except_on_loopback()
     {
         Assert.False(ApiKeys.ResolveRequired("auto", ["http://127.0.0.1:5000", "http://[::1]:5001", "http://localhost:5002"]));
