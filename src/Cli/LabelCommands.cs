@@ -47,18 +47,15 @@ public static class LabelCommands
             if (!File.Exists(request.UnlabelledDataPath)) throw new FileNotFoundException($"--input: {request.UnlabelledDataPath} does not exist");
             string outDir = Path.GetFullPath(parse.GetValue(output)!);
             TorchDevice.Initialize(request.Device, threads: parse.GetValue(threads));
-            var progress = new ConsoleProgress();
             var shard = ResolveShard(parse.GetValue(shardIndex), parse.GetValue(shardCount), Environment.GetEnvironmentVariable);
             if (shard is var (index, count))
             {
-                var m = LabelShards.RunShard(request, outDir, index, count, progress, ct);
-                progress.Finish();
+                var m = ProgressDisplay.Run(progress => LabelShards.RunShard(request, outDir, index, count, progress, ct));
                 Console.WriteLine($"{LabelShards.ShardName(index, count)}: rows {m.FirstRow}..{m.FirstRow + m.Rows - 1} of {m.TotalRows} -> " +
                     Path.Combine(outDir, LabelShards.FolderName, m.DataFile));
                 return 0;
             }
-            var result = PipelineStages.Label(request, outDir, progress, ct);
-            progress.Finish();
+            var result = ProgressDisplay.Run(progress => PipelineStages.Label(request, outDir, progress, ct));
             PrintResult(result);
             return 0;
         }, ct));

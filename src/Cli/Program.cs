@@ -5,6 +5,8 @@ using WeakTeacher.Engine.Pipeline;
 using WeakTeacher.Engine.Runtime;
 
 // wt: the command-line front end. Local runs call the engine; `wt remote ...` drives a WeakTeacher gRPC host.
+// The kernels' once-per-process warnings go through Spectre.Console too, so they print above a live progress display.
+WeakTeacher.CudaKernels.KernelSettings.FallbackReporter = message => Spectre.Console.AnsiConsole.MarkupLine($"[yellow]{Spectre.Console.Markup.Escape(message)}[/]");
 var root = new RootCommand("WeakTeacher.Native: a weak LLM teaches a strong one to align (Tao & Li, ICLR 2025).");
 
 var outOption = new Option<string>("--out") { Description = "Output folder.", DefaultValueFactory = _ => "runs/demo" };
@@ -23,19 +25,19 @@ demo.SetAction((parse, ct) => Task.Run(() =>
     string device = parse.GetValue(deviceOption)!;
     TorchDevice.Initialize(device, threads: parse.GetValue(threadsOption));
     var clock = Stopwatch.StartNew();
-    var progress = new ConsoleProgress();
     Console.WriteLine($"WeakTeacher demo ({size}) on {device} -> {output}");
-    var assets = DefaultTask.Prepare(Path.Combine(output, "task"), progress, ct, size);
-    progress.Finish();
-    double prepareSeconds = clock.Elapsed.TotalSeconds;
-    var config = DemoConfig.Create(assets, output, size, device);
-    var report = WeakToStrongPipeline.Run(config, progress, ct);
-    progress.Finish();
+    double prepareSeconds = 0;
+    var report = ProgressDisplay.Run(progress =>
+    {
+        var assets = DefaultTask.Prepare(Path.Combine(output, "task"), progress, ct, size);
+        prepareSeconds = clock.Elapsed.TotalSeconds;
+        return WeakToStrongPipeline.Run(DemoConfig.Create(assets, output, size, device), progress, ct);
+    });
     report.Stages.Insert(0, new WeakTeacher.Engine.Evaluation.StageTiming("prepare_task", prepareSeconds));
     report.TotalSeconds = clock.Elapsed.TotalSeconds;
     report.Save(output);
     Console.WriteLine();
-    Console.WriteLine(report.ToConsoleTables());
+    ReportTables.Write(report);
     Console.WriteLine($"report: {Path.Combine(output, "report.md")}  {Path.Combine(output, "report.json")}");
     return 0;
 }, ct));
@@ -45,12 +47,10 @@ var configOption = new Option<string>("--config") { Description = "Pipeline conf
 var run = new Command("run", "Run the whole pipeline on your own checkpoints and data from one config file.") { configOption, threadsOption };
 run.SetAction((parse, ct) => Task.Run(() =>
 {
-    var config = PipelineConfig.Load(parse.GetValue(configOption)!).WithoutConsoleProgress();
+    var config = PipelineConfig.Load(parse.GetValue(configOption)!);
     TorchDevice.Initialize(config.Device, threads: parse.GetValue(threadsOption));
-    var progress = new ConsoleProgress();
-    var report = WeakToStrongPipeline.Run(config, progress, ct);
-    progress.Finish();
-    Console.WriteLine(report.ToConsoleTables());
+    var report = ProgressDisplay.Run(progress => WeakToStrongPipeline.Run(config, progress, ct));
+    ReportTables.Write(report);
     Console.WriteLine($"report: {Path.Combine(config.OutputDir, "report.md")}");
     return 0;
 }, ct));
@@ -67,23 +67,20 @@ var experiments = new Command("experiments", "The paper's studies over several s
 experiments.SetAction((parse, ct) => Task.Run(() =>
 {
     var clock = Stopwatch.StartNew();
-    var progress = new ConsoleProgress();
     string? configPath = parse.GetValue(experimentsConfigOption);
     if (configPath is null)
     {
         string device = parse.GetValue(deviceOption)!;
         TorchDevice.Initialize(device, threads: parse.GetValue(threadsOption));
-        configPath = WeakTeacher.Engine.Experiments.DefaultExperiments.Prepare(Path.GetFullPath(parse.GetValue(experimentsOut)!),
-            parse.GetValue(sizeOption), progress, ct, device);
-        progress.Finish();
+        configPath = ProgressDisplay.Run(progress => WeakTeacher.Engine.Experiments.DefaultExperiments.Prepare(
+            Path.GetFullPath(parse.GetValue(experimentsOut)!), parse.GetValue(sizeOption), progress, ct, device));
         Console.WriteLine($"default study set: {configPath} (prepared in {clock.Elapsed.TotalSeconds:F0} s)");
     }
     var config = WeakTeacher.Engine.Experiments.ExperimentConfig.Load(configPath);
     if (parse.GetValue(studyOption) is { Length: > 0 } studies) config = config with { Studies = studies };
     if (parse.GetValue(seedsOption) is { Length: > 0 } seeds) config = config with { Seeds = seeds };
     TorchDevice.Initialize(WeakTeacher.Engine.Pipeline.PipelineConfig.Load(config.Pipeline).Device, threads: parse.GetValue(threadsOption));
-    var report = WeakTeacher.Engine.Experiments.ExperimentRunner.Run(config, progress, ct);
-    progress.Finish();
+    var report = ProgressDisplay.Run(progress => WeakTeacher.Engine.Experiments.ExperimentRunner.Run(config, progress, ct));
     foreach (var line in report.VerdictLines()) Console.WriteLine(line);
     Console.WriteLine($"report: {Path.Combine(config.OutputDir, "report.md")}  {Path.Combine(config.OutputDir, "report.json")}  ({clock.Elapsed.TotalSeconds:F0} s in all)");
     return 0;
@@ -97,9 +94,7 @@ var prepare = new Command("prepare-default", "Write the embedded task (data, tok
 prepare.SetAction((parse, ct) => Task.Run(() =>
 {
     TorchDevice.Initialize("cpu", threads: parse.GetValue(threadsOption));
-    var progress = new ConsoleProgress();
-    var assets = DefaultTask.Prepare(Path.GetFullPath(parse.GetValue(outOption)!), progress, ct, parse.GetValue(sizeOption));
-    progress.Finish();
+    var assets = ProgressDisplay.Run(progress => DefaultTask.Prepare(Path.GetFullPath(parse.GetValue(outOption)!), progress, ct, parse.GetValue(sizeOption)));
     Console.WriteLine(assets);
     return 0;
 }, ct));

@@ -2,6 +2,7 @@ using System.CommandLine;
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Spectre.Console;
 using WeakTeacher.Grpc.V1;
 using JobProgressEvent = WeakTeacher.Engine.Pipeline.JobProgress;
 
@@ -161,25 +162,25 @@ public static class RemoteCommands
 
     private static async Task WatchJob(GrpcChannel channel, Metadata headers, string id, CancellationToken ct)
     {
-        var bar = new ConsoleProgress();
         using var call = new JobsService.JobsServiceClient(channel).WatchJob(new WatchJobRequest { JobId = id }, headers, cancellationToken: ct);
-        await foreach (var e in call.ResponseStream.ReadAllAsync(ct))
+        await ProgressDisplay.RunAsync(async bar =>
         {
-            if (e.Progress is { } p)
+            await foreach (var e in call.ResponseStream.ReadAllAsync(ct))
             {
-                var metrics = new Dictionary<string, double>(p.Metrics);
-                if (p.HasLoss) metrics["loss"] = p.Loss;
-                bar.Report(new JobProgressEvent(p.Stage, p.Step, p.TotalSteps, metrics, p.TokensPerSecond,
-                    p.HasEtaSeconds ? TimeSpan.FromSeconds(p.EtaSeconds) : null));
+                if (e.Progress is { } p)
+                {
+                    var metrics = new Dictionary<string, double>(p.Metrics);
+                    if (p.HasLoss) metrics["loss"] = p.Loss;
+                    bar.Report(new JobProgressEvent(p.Stage, p.Step, p.TotalSteps, metrics, p.TokensPerSecond,
+                        p.HasEtaSeconds ? TimeSpan.FromSeconds(p.EtaSeconds) : null));
+                }
+                else if (e.StateChange is { } s)
+                {
+                    AnsiConsole.WriteLine($"{id}: {s.State}{(string.IsNullOrEmpty(s.Error) ? "" : " - " + s.Error)}");
+                    if (s.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled) break;
+                }
             }
-            else if (e.StateChange is { } s)
-            {
-                bar.Finish();
-                Console.WriteLine($"{id}: {s.State}{(string.IsNullOrEmpty(s.Error) ? "" : " - " + s.Error)}");
-                if (s.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled) break;
-            }
-        }
-        bar.Finish();
+        });
         var job = await new JobsService.JobsServiceClient(channel).GetJobAsync(new GetJobRequest { JobId = id }, headers, cancellationToken: ct);
         foreach (var a in job.Artifacts) Console.WriteLine($"  artifact {a.Name}: {a.Kind} {a.Id}");
         foreach (var (k, v) in job.Metrics) Console.WriteLine($"  {k} = {v:G6}");

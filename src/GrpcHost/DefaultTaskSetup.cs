@@ -1,5 +1,6 @@
 using WeakTeacher.Engine.Pipeline;
 using DatasetFormat = WeakTeacher.Grpc.V1.DatasetFormat;
+using WeakTeacher.GrpcHost.Observability;
 using WeakTeacher.GrpcHost.Storage;
 
 namespace WeakTeacher.GrpcHost;
@@ -29,8 +30,7 @@ internal static class DefaultTaskSetup
         }
         var dir = Path.Combine(layout.Root, "default-task");
         logger.LogInformation("Preparing the embedded default task ({Size}) in {Dir}", taskSize, dir);
-        var progress = new Progress(logger);
-        var assets = await DefaultTask.PrepareAsync(dir, progress, ct, taskSize);
+        var assets = await DefaultTask.PrepareAsync(dir, new ProgressLog(logger), ct, taskSize);
         if (catalog.GetModelOrNull(TeacherBase) is null) catalog.RegisterModelDir(TeacherBase, TeacherBase, assets.TeacherBaseDir, "default-task");
         if (catalog.GetModelOrNull(StudentBase) is null) catalog.RegisterModelDir(StudentBase, StudentBase, assets.StudentBaseDir, "default-task");
         if (catalog.GetDatasetOrNull(Labelled) is null) catalog.RegisterDatasetFile(Labelled, Labelled, assets.LabelledPath, DatasetFormat.Unspecified, "default-task");
@@ -38,16 +38,5 @@ internal static class DefaultTaskSetup
         if (catalog.GetDatasetOrNull(EvalPrompts) is null) catalog.RegisterDatasetFile(EvalPrompts, EvalPrompts, assets.EvalPromptsPath, DatasetFormat.Prompts, "default-task");
         logger.LogInformation("Default task ready: models {Teacher}, {Student}; datasets {Labelled}, {Unlabelled}, {Eval}",
             TeacherBase, StudentBase, Labelled, Unlabelled, EvalPrompts);
-    }
-
-    private sealed class Progress(ILogger logger) : IProgress<JobProgress>
-    {
-        private DateTime last = DateTime.MinValue;
-        public void Report(JobProgress value)
-        {
-            if (DateTime.UtcNow - last < TimeSpan.FromSeconds(2) && value.Step < value.TotalSteps) return;
-            last = DateTime.UtcNow;
-            logger.LogInformation("Default task: {Stage} {Step}/{Total}", value.Stage, value.Step, value.TotalSteps);
-        }
     }
 }

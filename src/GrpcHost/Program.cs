@@ -108,6 +108,9 @@ RequestParsing.Register(builder.Services);
 var app = builder.Build();
 app.UseSwagger(); // the OpenAPI document of the HTTP/JSON face: /swagger/v1/swagger.json
 var logger = app.Services.GetRequiredService<ILogger<Program>>();
+// The kernels' once-per-process warnings (a float16 checkpoint on the reference path) as log events, not console lines.
+var kernelLogger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("WeakTeacher.Kernels");
+WeakTeacher.CudaKernels.KernelSettings.FallbackReporter = message => kernelLogger.LogWarning("{Message}", message);
 layout.CleanTemp();
 if (keysRequired && !apiKeys.AnyKeys)
 {

@@ -17,6 +17,7 @@ internal sealed class HostProcess : IAsyncDisposable
 {
     private readonly Process process;
     private readonly StringBuilder log = new();
+    private readonly List<string> stdout = [];
 
     private HostProcess(Process process, string dataDir, int port)
     {
@@ -38,6 +39,8 @@ internal sealed class HostProcess : IAsyncDisposable
     public GrpcChannel Channel { get; }
     public int ProcessId => process.Id;
     public string Log { get { lock (log) return log.ToString(); } }
+    /// <summary>The lines the host wrote to standard output so far (its log; standard error is in <see cref="Log"/> only).</summary>
+    public IReadOnlyList<string> StandardOutputLines { get { lock (log) return [.. stdout]; } }
 
     public static string RepoRoot => Metadata("RepoRoot");
 
@@ -94,7 +97,7 @@ internal sealed class HostProcess : IAsyncDisposable
         foreach (var (name, value) in environment ?? new Dictionary<string, string>()) info.Environment[name] = value;
         var process = Process.Start(info) ?? throw new InvalidOperationException("dotnet did not start");
         var host = new HostProcess(process, dataDir, p);
-        process.OutputDataReceived += (_, e) => host.Append(e.Data);
+        process.OutputDataReceived += (_, e) => host.Append(e.Data, fromStandardOutput: true);
         process.ErrorDataReceived += (_, e) => host.Append(e.Data);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
@@ -110,10 +113,14 @@ internal sealed class HostProcess : IAsyncDisposable
         return host;
     }
 
-    private void Append(string? line)
+    private void Append(string? line, bool fromStandardOutput = false)
     {
         if (line is null) return;
-        lock (log) log.AppendLine(line);
+        lock (log)
+        {
+            log.AppendLine(line);
+            if (fromStandardOutput) stdout.Add(line);
+        }
     }
 
     public async Task WaitServingAsync(TimeSpan timeout)

@@ -159,6 +159,42 @@ public sealed class PipelineTests(DefaultTaskHost shared)
         }
     }
 
+    [Fact]
+    public async Task The_hosts_output_is_json_log_events_only_with_job_progress_as_structured_events()
+    {
+        await shared.RequireStagesAsync();
+        var jobs = new JobsService.JobsServiceClient(shared.Host.Channel);
+        var job = await WaitForEnd(jobs, (await jobs.TrainAsync(TeacherRequest("default-teacher-base", "default-labelled", 3, 0))).JobId);
+        Assert.True(job.State == JobState.Succeeded, $"{job.State} {job.Error}");
+        await Task.Delay(500, TestContext.Current.CancellationToken); // the last lines reach the pipe
+        var lines = shared.Host.StandardOutputLines;
+        var progress = new List<System.Text.Json.JsonElement>();
+        foreach (var line in lines)
+        {
+            // no plain-text line (a progress bar, a training step) between the JSON log events
+            System.Text.Json.JsonDocument doc;
+            try { doc = System.Text.Json.JsonDocument.Parse(line); }
+            catch (System.Text.Json.JsonException) { throw new Xunit.Sdk.XunitException($"a host output line is not a JSON log event: {line}"); }
+            var root = doc.RootElement;
+            if (root.TryGetProperty("EventId", out var eventId) && eventId.GetInt32() == 100 &&
+                root.GetProperty("Scopes").EnumerateArray().Any(s => s.TryGetProperty("JobId", out var id) && id.GetString() == job.Id))
+                progress.Add(root.GetProperty("State"));
+        }
+        // the job's progress: structured fields, each stage from its first to its last step
+        Assert.NotEmpty(progress);
+        foreach (var stage in new[] { "sft", "dpo" })
+        {
+            var ofStage = progress.Where(p => p.GetProperty("Stage").GetString()!.Contains(stage)).ToList();
+            Assert.True(ofStage.Count >= 2, $"{stage}: {ofStage.Count} progress events in {string.Join(", ", progress.Select(p => p.GetProperty("Stage").GetString()))}");
+            Assert.Equal(3, Number(ofStage[^1].GetProperty("Step")));
+            Assert.Equal(3, Number(ofStage[^1].GetProperty("TotalSteps")));
+            Assert.True(double.IsFinite(Number(ofStage[^1].GetProperty("Loss"))));
+        }
+        // the log's JSON writes numbers as numbers; a formatter that wrote text would still carry the value
+        static double Number(System.Text.Json.JsonElement e) => e.ValueKind == System.Text.Json.JsonValueKind.Number ? e.GetDouble()
+            : double.Parse(e.GetString()!, System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     /// <summary>A job's file artifact, as DownloadJobArtifact streams it.</summary>
     internal static async Task<byte[]> DownloadArtifact(JobsService.JobsServiceClient jobs, string jobId, string name)
     {

@@ -143,7 +143,8 @@ public sealed class EvaluationReport
     // ---- tables -----------------------------------------------------------------------------------------
 
     /// <summary>A titled table: header row and body rows of cells.</summary>
-    private sealed record Table(string Title, string[] Header, List<string[]> Rows, string? Note = null);
+    /// <summary>One of the report's tables as text cells (the first column is a row label, the others values), for a front end to render.</summary>
+    public sealed record Table(string Title, string[] Header, List<string[]> Rows, string? Note = null);
 
     private static string F(double v, int digits = 2) => double.IsFinite(v) ? v.ToString("F" + digits, CultureInfo.InvariantCulture) : "-";
     private static string Pct(double v) => double.IsFinite(v) ? (100 * v).ToString("F1", CultureInfo.InvariantCulture) + "%" : "-";
@@ -158,7 +159,8 @@ public sealed class EvaluationReport
         _ => source,
     };
 
-    private List<Table> Tables()
+    /// <summary>The paper-style tables of this report, in the order report.md shows them.</summary>
+    public List<Table> Tables()
     {
         var tables = new List<Table>();
         if (Labels is not null)
@@ -214,24 +216,6 @@ public sealed class EvaluationReport
             sb.Append('|').Append(string.Join("|", t.Header.Select((_, i) => i == 0 ? "---" : "---:"))).Append("|\n");
             foreach (var row in t.Rows) sb.Append("| ").Append(string.Join(" | ", row.Select(c => c.Replace("|", "\\|")))).Append(" |\n");
             if (t.Note is not null) sb.Append('\n').Append(t.Note).Append('\n');
-            sb.Append('\n');
-        }
-        return sb.ToString();
-    }
-
-    /// <summary>The same tables as plain text with aligned columns, for a terminal.</summary>
-    public string ToConsoleTables()
-    {
-        var sb = new StringBuilder();
-        foreach (var t in Tables())
-        {
-            var widths = t.Header.Select((h, i) => Math.Max(h.Length, t.Rows.Count == 0 ? 0 : t.Rows.Max(r => r[i].Length))).ToArray();
-            string Line(string[] cells) => "  " + string.Join("  ", cells.Select((c, i) => i == 0 ? c.PadRight(widths[i]) : c.PadLeft(widths[i]))).TrimEnd();
-            sb.Append(t.Title).Append('\n');
-            sb.Append(Line(t.Header)).Append('\n');
-            sb.Append("  ").Append(string.Join("  ", widths.Select(w => new string('-', w)))).Append('\n');
-            foreach (var row in t.Rows) sb.Append(Line(row)).Append('\n');
-            if (t.Note is not null) sb.Append("  ").Append(t.Note).Append('\n');
             sb.Append('\n');
         }
         return sb.ToString();

@@ -18,12 +18,12 @@ public static class DemoConfig
         SftConfig Sft(int epochs) => new()
         {
             LearningRate = 1e-3, Epochs = epochs, BatchSize = 32, MaxLength = 96, MaxPromptLength = 48, WarmupRatio = 0.1,
-            LrScheduler = "cosine", ConsoleProgress = false, Seed = 7,
+            LrScheduler = "cosine", Seed = 7,
         };
         DpoConfig Dpo(int epochs, double lr, double beta) => new()
         {
             LearningRate = lr, Epochs = epochs, BatchSize = 16, MaxLength = 96, MaxPromptLength = 48, WarmupRatio = 0.1,
-            LrScheduler = "cosine", Beta = beta, Lora = lora, ConsoleProgress = false, Seed = 11,
+            LrScheduler = "cosine", Beta = beta, Lora = lora, Seed = 11,
         };
         return new PipelineConfig
         {

@@ -111,16 +111,4 @@ public sealed record PipelineConfig
     }
 
     public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
-
-    /// <summary>The same config with the trainers' own console bars off (a front end that renders progress events itself).</summary>
-    public PipelineConfig WithoutConsoleProgress() => this with
-    {
-        Teacher = Teacher with
-        {
-            Sft = Teacher.Sft with { ConsoleProgress = false },
-            Dpo = Teacher.Dpo with { ConsoleProgress = false },
-            Reward = Teacher.Reward with { ConsoleProgress = false },
-        },
-        Student = Student with { Sft = Student.Sft with { ConsoleProgress = false }, Dpo = Student.Dpo with { ConsoleProgress = false } },
-    };
 }

@@ -10,10 +10,10 @@ namespace WeakTeacher.Engine.Pipeline;
 /// </summary>
 internal static class StageFingerprint
 {
-    /// <summary>Fields that do not change a result: console, logging, checkpoint cadence, cache placement, device.</summary>
+    /// <summary>Fields that do not change a result: logging, checkpoint cadence, cache placement, device.</summary>
     private static readonly HashSet<string> Ignored = new(StringComparer.Ordinal)
     {
-        "console_progress", "save_steps", "save_total_limit", "logging_steps", "reference_cache_dir", "device",
+        "save_steps", "save_total_limit", "logging_steps", "reference_cache_dir", "device",
     };
 
     /// <summary>The settings of <paramref name="request"/>; the values at <paramref name="inputPaths"/> (field names, or

@@ -44,8 +44,6 @@ public abstract record TrainingConfig
     public int LoggingSteps { get; init; } = 1;
     /// <summary>Batch size of forward-only passes (reference log-probs, scoring); 0 = <see cref="BatchSize"/>.</summary>
     public int EvalBatchSize { get; init; }
-    /// <summary>Show a progress bar with ETA when stdout is a terminal (plain lines otherwise); false = silent console.</summary>
-    public bool ConsoleProgress { get; init; } = true;
     /// <summary>With LoRA: also save the model with the adapter merged into its weights (a plain checkpoint) at the end.</summary>
     public bool SaveMergedModel { get; init; } = true;
     public LoraConfig? Lora { get; init; }

@@ -8,8 +8,9 @@ namespace WeakTeacher.Engine.Training;
 
 /// <summary>
 /// Where a run's metrics go: metrics.jsonl in the output folder (one object per logged step: "step" then the TRL names),
-/// a TensorBoard event file beside it (<see cref="TensorBoardWriter"/>), an <see cref="IProgress{JobProgress}"/> callback, and the console (a progress bar with ETA on a terminal, plain lines
-/// when stdout is redirected).
+/// a TensorBoard event file beside it (<see cref="TensorBoardWriter"/>) and an <see cref="IProgress{JobProgress}"/>
+/// callback. The engine writes nothing to the console: front ends render the progress events (the CLI as a live
+/// progress display, the host as structured log events).
 /// </summary>
 public sealed class TrainingLog : IDisposable
 {
@@ -17,21 +18,16 @@ public sealed class TrainingLog : IDisposable
 
     private readonly string _stage;
     private readonly IProgress<JobProgress>? _progress;
-    private readonly bool _console;
-    private readonly bool _terminal;
     private readonly StreamWriter? _writer;
     private readonly TensorBoardWriter? _tensorBoard;
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly int _startStep;
-    private int _lastConsoleLength;
 
     /// <param name="truncateAfterStep">on resume: rows of metrics.jsonl with a step above this are dropped (they were logged after the checkpoint).</param>
-    public TrainingLog(string stage, string? outputDir, IProgress<JobProgress>? progress, bool console, int startStep, int truncateAfterStep)
+    public TrainingLog(string stage, string? outputDir, IProgress<JobProgress>? progress, int startStep, int truncateAfterStep)
     {
         _stage = stage;
         _progress = progress;
-        _console = console;
-        _terminal = console && !Console.IsOutputRedirected;
         _startStep = startStep;
         if (outputDir is not null)
         {
@@ -62,36 +58,6 @@ public sealed class TrainingLog : IDisposable
         }
         _tensorBoard?.Write(step, metrics);
         _progress?.Report(new JobProgress(_stage, step, totalSteps, metrics, tokensPerSecond, eta));
-        if (_console) WriteConsole(step, totalSteps, metrics, eta);
-    }
-
-    /// <summary>Ends the console bar's line.</summary>
-    public void Finish()
-    {
-        if (_terminal && _lastConsoleLength > 0) Console.WriteLine();
-        _lastConsoleLength = 0;
-    }
-
-    private void WriteConsole(int step, int totalSteps, IReadOnlyDictionary<string, double> metrics, TimeSpan? eta)
-    {
-        string loss = metrics.TryGetValue("loss", out var l) ? l.ToString("0.0000", CultureInfo.InvariantCulture) : "-";
-        string etaText = eta is TimeSpan e ? e.ToString(e.TotalHours >= 1 ? @"h\:mm\:ss" : @"m\:ss", CultureInfo.InvariantCulture) : "--:--";
-        if (_terminal)
-        {
-            const int width = 30;
-            double fraction = totalSteps > 0 ? Math.Clamp((double)step / totalSteps, 0, 1) : 0;
-            int filled = (int)Math.Round(fraction * width);
-            var line = $"{_stage} [{new string('#', filled)}{new string('.', width - filled)}] {step}/{totalSteps} loss {loss} eta {etaText}";
-            Console.Write("\r" + line.PadRight(_lastConsoleLength));
-            _lastConsoleLength = line.Length;
-            if (step >= totalSteps) Finish();
-        }
-        else
-        {
-            var extras = string.Join(" ", metrics.Where(m => m.Key is "grad_norm" or "learning_rate" or "rewards/accuracies" or "accuracy")
-                .Select(m => $"{m.Key}={m.Value.ToString("G4", CultureInfo.InvariantCulture)}"));
-            Console.WriteLine($"{_stage} step {step}/{totalSteps} loss {loss} {extras} eta {etaText}");
-        }
     }
 
     private static string FormatNumber(double value) =>
@@ -118,7 +84,6 @@ public sealed class TrainingLog : IDisposable
 
     public void Dispose()
     {
-        Finish();
         _writer?.Dispose();
         _tensorBoard?.Dispose();
     }

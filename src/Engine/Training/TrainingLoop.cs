@@ -149,7 +149,7 @@ internal static class TrainingLoop
             torch.manual_seed(config.Seed);
         }
 
-        using var log = new TrainingLog(task.Stage, outputDir, progress, config.ConsoleProgress, globalStep, globalStep);
+        using var log = new TrainingLog(task.Stage, outputDir, progress, globalStep, globalStep);
         var window = new MetricSums();
         int stepsInWindow = 0;
         long windowTokens = 0;
@@ -228,7 +228,6 @@ internal static class TrainingLoop
         if (!interrupted && lastSaved != globalStep && globalStep > 0)
             lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, settings, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
                 batcher, config, tokensSeen, history, trainable, optimizer);
-        log.Finish();
         model.eval();
         return new TrainResult(globalStep, totalSteps, !interrupted, resumedFrom, history, outputDir, lastCheckpoint, null, null, clock.Elapsed);
     }
@@ -277,10 +276,10 @@ internal static class TrainingLoop
     /// <summary>The CUDA generator's seed at the start of optimizer step <paramref name="step"/>.</summary>
     internal static long StepSeed(long seed, int step) => unchecked(seed * 1_000_003L + step);
 
-    /// <summary>Config fields that do not change the trained weights (console, logging, where checkpoints and caches go).</summary>
+    /// <summary>Config fields that do not change the trained weights (logging, where checkpoints and caches go).</summary>
     private static readonly HashSet<string> NotResultChanging = new(StringComparer.Ordinal)
     {
-        "console_progress", "save_steps", "save_total_limit", "logging_steps", "reference_cache_dir", "save_merged_model",
+        "save_steps", "save_total_limit", "logging_steps", "reference_cache_dir", "save_merged_model",
     };
 
     /// <summary>Every setting that changes what a run computes, by name: the stage, the data and reference identity, the

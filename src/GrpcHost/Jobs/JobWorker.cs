@@ -46,7 +46,7 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
             jobs.PublishState(id, JobState.Running);
             logger.LogInformation(resumed ? "Job resumed (attempt {Attempt})" : "Job started (attempt {Attempt})", job.Attempts + 1);
             var workDir = layout.JobWorkDir(id);
-            var progress = new ProgressSink(id, kind, jobs, store, metrics);
+            var progress = new ProgressSink(id, kind, jobs, store, metrics, new ProgressLog(logger));
             // Stages are CPU/GPU-bound and synchronous inside; keep them off the request threads.
             var output = await Task.Run(() => runner.RunAsync(job, device, workDir, progress, cts.Token), cts.Token);
             progress.Flush();
@@ -128,8 +128,9 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
         catch (JsonException) { return null; }
     }
 
-    /// <summary>Progress from the stage: to watchers at once, to the database at most twice a second.</summary>
-    private sealed class ProgressSink(string id, string kind, JobManager jobs, Store store, HostMetrics metrics) : IProgress<EngineProgress>
+    /// <summary>Progress from the stage: to watchers at once, to the database at most twice a second, to the log as
+    /// structured events (<see cref="ProgressLog"/>).</summary>
+    private sealed class ProgressSink(string id, string kind, JobManager jobs, Store store, HostMetrics metrics, ProgressLog log) : IProgress<EngineProgress>
     {
         private readonly Stopwatch sinceWrite = Stopwatch.StartNew();
         private Grpc.V1.JobProgress? unsaved;
@@ -139,6 +140,7 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
         {
             var progress = JobManager.ToProto(value);
             jobs.PublishProgress(id, progress);
+            log.Report(value);
             if (value.TokensPerSecond > 0) metrics.Throughput(kind, value.Stage, value.TokensPerSecond);
             lock (gate)
             {

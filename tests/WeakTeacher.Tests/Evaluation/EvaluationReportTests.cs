@@ -65,7 +65,7 @@ public sealed class EvaluationReportTests : IDisposable
     }
 
     [Fact]
-    public void MarkdownAndConsoleTablesShowThePaperTables()
+    public void MarkdownAndTableCellsShowThePaperTables()
     {
         var report = Sample();
         string md = report.ToMarkdown();
@@ -75,10 +75,11 @@ public sealed class EvaluationReportTests : IDisposable
         Assert.Contains("| disagreeing subset, weak labels | 2 | 2.00 | 3.50 | -1.50 |", md);
         Assert.Contains("| weak_dpo | human_dpo | 50.0% | 1 | 1 | 1 |", md);
         Assert.Contains("| total | 42.5 |", md);
-        string text = report.ToConsoleTables();
-        Assert.Contains("teacher vs human", text);
-        Assert.Contains("75.0%", text);
-        Assert.DoesNotContain("|", text);
+        // the same tables as cells, for the CLI to render
+        var tables = report.Tables();
+        Assert.Equal(["comparison", "agreement", "agree / total"], tables[0].Header);
+        Assert.Equal(["teacher vs human", "75.0%", "3 / 4"], tables[0].Rows[0]);
+        Assert.Equal(tables.Count, md.Split('\n').Count(l => l.StartsWith("## ", StringComparison.Ordinal)));
     }
 
     [Fact]

@@ -111,7 +111,7 @@ public class WeakLabelerTests
         using var policy = TrainingTestKit.Opt(90);
         var config = new DpoConfig
         {
-            BatchSize = 8, Epochs = 4, LearningRate = 3e-3, Beta = 0.1, WarmupRatio = 0.1, Lora = null, ConsoleProgress = false,
+            BatchSize = 8, Epochs = 4, LearningRate = 3e-3, Beta = 0.1, WarmupRatio = 0.1, Lora = null,
         };
         var result = new DpoTrainer(policy, Tok, config, ReferenceModel.FromFactory("opt-90", () => TrainingTestKit.Opt(90)))
             .Train(train, dir.Path, cancellationToken: TestContext.Current.CancellationToken);

@@ -38,9 +38,9 @@ public class CollectionPressureTests
         var pairs = TrainingTestKit.XPreferences(8, 21);
         using var dir = new TempDir();
         using var policy = Model(31);
-        new SftTrainer(policy, TrainingTestKit.Tokenizer, new SftConfig { BatchSize = 2, MaxSteps = 30, ConsoleProgress = false, LearningRate = 1e-3, WeightDecay = 0.01 })
+        new SftTrainer(policy, TrainingTestKit.Tokenizer, new SftConfig { BatchSize = 2, MaxSteps = 30, LearningRate = 1e-3, WeightDecay = 0.01 })
             .Train(pairs.Select(p => new SftExample(p.Prompt, p.Chosen)).ToList(), dir.Sub("sft"), cancellationToken: token);
-        var config = new DpoConfig { BatchSize = 2, MaxSteps = 30, Lora = null, ConsoleProgress = false, LearningRate = 1e-3, SaveSteps = 0 };
+        var config = new DpoConfig { BatchSize = 2, MaxSteps = 30, Lora = null, LearningRate = 1e-3, SaveSteps = 0 };
         new DpoTrainer(policy, TrainingTestKit.Tokenizer, config, ReferenceModel.FromFactory("ref-31", () => Model(31)))
             .Train(pairs, dir.Sub("dpo"), cancellationToken: token);
         return policy.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().cpu().to(ScalarType.Float32).data<float>().ToArray());

@@ -27,7 +27,7 @@ public class TensorBoardTests
     public void A_dpo_run_writes_events_with_trl_tags_equal_to_metrics_jsonl()
     {
         var examples = TrainingTestKit.XPreferences(8, 3);
-        var config = new DpoConfig { BatchSize = 2, MaxSteps = 3, LearningRate = 5e-3, ConsoleProgress = false };
+        var config = new DpoConfig { BatchSize = 2, MaxSteps = 3, LearningRate = 5e-3 };
         var reference = ReferenceModel.FromFactory("ref-tb", () => TrainingTestKit.Opt(41));
         using var dir = new WeakTeacher.Tests.Data.TempDir();
         using (var policy = TrainingTestKit.Opt(41))

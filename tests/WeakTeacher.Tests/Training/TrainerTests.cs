@@ -34,7 +34,7 @@ public class TrainerTests
             for (int t = prompt.Length; t < ids.Length; t++) sum += logp[t - 1, ids[t]].item<float>();
             expected = -sum / response.Length;
         }
-        var trainer = new SftTrainer(model, Tok, new SftConfig { BatchSize = 1, MaxSteps = 1, ConsoleProgress = false });
+        var trainer = new SftTrainer(model, Tok, new SftConfig { BatchSize = 1, MaxSteps = 1 });
         Assert.Equal(expected, trainer.ComputeLoss(new[] { example }), 5);
         using var dir = new TempDir();
         var result = trainer.Train(new[] { example }, dir.Path, cancellationToken: TestContext.Current.CancellationToken);
@@ -68,7 +68,7 @@ public class TrainerTests
         double chosenReward = Enumerable.Range(0, 2).Average(i => beta * (pc[i] - rc[i]));
 
         using var dir = new TempDir();
-        var config = new DpoConfig { BatchSize = 2, MaxSteps = 1, Beta = beta, Lora = null, ConsoleProgress = false, LearningRate = 1e-3 };
+        var config = new DpoConfig { BatchSize = 2, MaxSteps = 1, Beta = beta, Lora = null, LearningRate = 1e-3 };
         var trainer = new DpoTrainer(policy, Tok, config, ReferenceModel.FromFactory("ref-12", () => TrainingTestKit.Opt(12)));
         var result = trainer.Train(examples, dir.Sub("dpo"), cancellationToken: TestContext.Current.CancellationToken);
         var row = result.LogHistory[0];
@@ -96,7 +96,7 @@ public class TrainerTests
             expected += Math.Log(1 + Math.Exp(-(c - r - margins[i]))) + 0.01 * (c + r) * (c + r);
         }
         expected /= 3;
-        var trainer = new RewardTrainer(model, Tok, new RewardConfig { UseMargin = true, CenterRewardsCoefficient = 0.01, ConsoleProgress = false });
+        var trainer = new RewardTrainer(model, Tok, new RewardConfig { UseMargin = true, CenterRewardsCoefficient = 0.01 });
         Assert.Equal(expected, trainer.ComputeLoss(examples, margins), 5);
     }
 
@@ -107,7 +107,7 @@ public class TrainerTests
         using var backbone = TrainingTestKit.Opt(22);
         using var model = new RewardModel(backbone, seed: 4);
         var examples = TrainingTestKit.XPreferences(8, 6);
-        var trainer = new RewardTrainer(model, Tok, new RewardConfig { BatchSize = 4, MaxSteps = 2, LearningRate = 1e-3, ConsoleProgress = false });
+        var trainer = new RewardTrainer(model, Tok, new RewardConfig { BatchSize = 4, MaxSteps = 2, LearningRate = 1e-3 });
         var result = trainer.Train(examples, dir.Path, cancellationToken: TestContext.Current.CancellationToken);
         Assert.True(result.Completed);
         Assert.Contains("accuracy", result.LogHistory[0].Keys);
@@ -132,7 +132,7 @@ public class TrainerTests
             using var model = TrainingTestKit.Opt(31);
             // eps 1 makes Adam's first step ~ lr * g, so equal gradients give equal weights (sign(g) would amplify noise)
             var config = new SftConfig { BatchSize = batch, GradientAccumulationSteps = accumulation, MaxSteps = 1, LearningRate = 0.1,
-                AdamEpsilon = 1.0, WarmupRatio = 0, MaxGradNorm = 0, ConsoleProgress = false };
+                AdamEpsilon = 1.0, WarmupRatio = 0, MaxGradNorm = 0 };
             var result = new SftTrainer(model, Tok, config).Train(examples, dir.Path, cancellationToken: TestContext.Current.CancellationToken);
             row = result.LogHistory[0];
             return TrainingTestKit.Snapshot(model);
@@ -151,7 +151,7 @@ public class TrainerTests
         using var policy = TrainingTestKit.Opt(41);
         int loads = 0;
         var reference = ReferenceModel.FromFactory("ref-41", () => { loads++; return TrainingTestKit.Opt(41); });
-        var trainer = new DpoTrainer(policy, Tok, new DpoConfig { BatchSize = 2, Lora = null, ConsoleProgress = false }, reference);
+        var trainer = new DpoTrainer(policy, Tok, new DpoConfig { BatchSize = 2, Lora = null }, reference);
         var data = TrainingTestKit.XPreferences(5, 7);
         using var first = trainer.ReferenceLogProbs(data, dir.Path, out bool hit1);
         using var second = trainer.ReferenceLogProbs(data, dir.Path, out bool hit2);
@@ -186,8 +186,7 @@ public class TrainerTests
         var config = new DpoConfig
         {
             BatchSize = 2, GradientAccumulationSteps = 2, Epochs = 2, LearningRate = 5e-3, WarmupRatio = 0.2, SaveSteps = 2,
-            Lora = new LoraConfig { Rank = 4, Alpha = 8, Dropout = 0.1, TargetModules = new[] { "q_proj", "v_proj", "fc1" } },
-            ConsoleProgress = false, SaveMergedModel = true,
+            Lora = new LoraConfig { Rank = 4, Alpha = 8, Dropout = 0.1, TargetModules = new[] { "q_proj", "v_proj", "fc1" } }, SaveMergedModel = true,
         };
         var reference = ReferenceModel.FromFactory("ref-51", () => TrainingTestKit.Opt(51));
         using var dir = new TempDir();
@@ -234,10 +233,10 @@ public class TrainerTests
         using var dir = new TempDir();
         var examples = Enumerable.Range(0, 4).Select(i => new SftExample("p" + i, "r" + i)).ToList();
         using (var model = TrainingTestKit.Opt(61))
-            new SftTrainer(model, Tok, new SftConfig { BatchSize = 2, MaxSteps = 1, ConsoleProgress = false }).Train(examples, dir.Path, cancellationToken: TestContext.Current.CancellationToken);
+            new SftTrainer(model, Tok, new SftConfig { BatchSize = 2, MaxSteps = 1 }).Train(examples, dir.Path, cancellationToken: TestContext.Current.CancellationToken);
         using var other = TrainingTestKit.Opt(61);
         var ex = Assert.Throws<WeakTeacher.Engine.Checkpoints.CheckpointException>(() =>
-            new SftTrainer(other, Tok, new SftConfig { BatchSize = 4, MaxSteps = 1, ConsoleProgress = false }).Train(examples, dir.Path, cancellationToken: TestContext.Current.CancellationToken));
+            new SftTrainer(other, Tok, new SftConfig { BatchSize = 4, MaxSteps = 1 }).Train(examples, dir.Path, cancellationToken: TestContext.Current.CancellationToken));
         Assert.Contains("different run", ex.Message);
     }
 
