@@ -4,7 +4,8 @@ namespace WeakTeacher.Engine.Tokenization;
 
 /// <summary>
 /// GPT-2's byte-level alphabet: every byte maps to one printable unicode char, so BPE works on bytes
-/// while vocab.json/merges.txt stay text (space -> 'Ġ', newline -> 'Ċ').
+/// while vocab.json/merges.txt stay text (space -> 'Ġ', newline -> 'Ċ'). The tokenizer trainer builds its base
+/// vocabulary from it; Microsoft.ML.Tokenizers encodes and decodes through it.
 /// </summary>
 internal static partial class ByteLevel
 {
@@ -17,15 +18,11 @@ internal static partial class ByteLevel
     /// <summary>Char of byte b.</summary>
     public static readonly char[] ByteToChar = new char[256];
 
-    /// <summary>Byte of a char of the alphabet; -1 for chars outside it.</summary>
-    private static readonly short[] CharToByteTable = new short[324];
-
     /// <summary>The 256 bytes in GPT-2's order: printable ones first, then the rest (the order of GPT-2's first vocab ids).</summary>
     public static readonly byte[] AlphabetOrder = new byte[256];
 
     static ByteLevel()
     {
-        Array.Fill(CharToByteTable, (short)-1);
         int k = 0;
         var printable = new bool[256];
         for (int b = '!'; b <= '~'; b++) printable[b] = true;
@@ -36,9 +33,5 @@ internal static partial class ByteLevel
         int n = 0;
         for (int b = 0; b < 256; b++)
             if (!printable[b]) { ByteToChar[b] = (char)(256 + n++); AlphabetOrder[k++] = (byte)b; }
-        for (int b = 0; b < 256; b++) CharToByteTable[ByteToChar[b]] = (short)b;
     }
-
-    /// <summary>Byte of <paramref name="c"/>, or -1 when c is not in the byte-level alphabet.</summary>
-    public static int CharToByte(char c) => c < CharToByteTable.Length ? CharToByteTable[c] : -1;
 }
