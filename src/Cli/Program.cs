@@ -3,6 +3,7 @@ using System.Diagnostics;
 using WeakTeacher.Cli;
 using WeakTeacher.Engine.Pipeline;
 using WeakTeacher.Engine.Runtime;
+using WeakTeacher.Engine.Training;
 
 // wt: the command-line front end. Local runs call the engine; `wt remote ...` drives a WeakTeacher gRPC host.
 // The kernels' once-per-process warnings go through Spectre.Console too, so they print above a live progress display.
@@ -13,10 +14,17 @@ var outOption = new Option<string>("--out") { Description = "Output folder.", De
 var sizeOption = new Option<DefaultTaskSize>("--size") { Description = "Embedded task size: Demo or Tiny.", DefaultValueFactory = _ => DefaultTaskSize.Demo };
 var deviceOption = new Option<string>("--device") { Description = "cpu, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
 var threadsOption = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
+var precisionOption = new Option<string?>("--precision")
+{
+    Description = "Training precision of every trainer: fp32 or bf16 (bfloat16 compute, float32 master weights); default: the config's (fp32).",
+};
+precisionOption.AcceptOnlyFromAmong([.. TrainingPrecisions.Names]);
+PipelineConfig WithPrecision(PipelineConfig config, ParseResult parse) =>
+    parse.GetValue(precisionOption) is { } name ? config.WithPrecision(TrainingPrecisions.Parse(name)!.Value) : config;
 
 var demo = new Command("demo", "The main job: prepare the embedded synthetic task, run the paper's pipeline on it, print the tables.")
 {
-    outOption, sizeOption, deviceOption, threadsOption,
+    outOption, sizeOption, deviceOption, threadsOption, precisionOption,
 };
 demo.SetAction((parse, ct) => Task.Run(() =>
 {
@@ -31,7 +39,7 @@ demo.SetAction((parse, ct) => Task.Run(() =>
     {
         var assets = DefaultTask.Prepare(Path.Combine(output, "task"), progress, ct, size);
         prepareSeconds = clock.Elapsed.TotalSeconds;
-        return WeakToStrongPipeline.Run(DemoConfig.Create(assets, output, size, device), progress, ct);
+        return WeakToStrongPipeline.Run(WithPrecision(DemoConfig.Create(assets, output, size, device), parse), progress, ct);
     });
     report.Stages.Insert(0, new WeakTeacher.Engine.Evaluation.StageTiming("prepare_task", prepareSeconds));
     report.TotalSeconds = clock.Elapsed.TotalSeconds;
@@ -44,10 +52,10 @@ demo.SetAction((parse, ct) => Task.Run(() =>
 root.Subcommands.Add(demo);
 
 var configOption = new Option<string>("--config") { Description = "Pipeline config file (JSON, see README).", Required = true };
-var run = new Command("run", "Run the whole pipeline on your own checkpoints and data from one config file.") { configOption, threadsOption };
+var run = new Command("run", "Run the whole pipeline on your own checkpoints and data from one config file.") { configOption, threadsOption, precisionOption };
 run.SetAction((parse, ct) => Task.Run(() =>
 {
-    var config = PipelineConfig.Load(parse.GetValue(configOption)!);
+    var config = WithPrecision(PipelineConfig.Load(parse.GetValue(configOption)!), parse);
     TorchDevice.Initialize(config.Device, threads: parse.GetValue(threadsOption));
     var report = ProgressDisplay.Run(progress => WeakToStrongPipeline.Run(config, progress, ct));
     ReportTables.Write(report);

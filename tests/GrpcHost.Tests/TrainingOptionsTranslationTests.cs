@@ -50,4 +50,16 @@ public sealed class TrainingOptionsTranslationTests
         var ld = Assert.Throws<RpcException>(() => RequestTranslation.Dpo("dpo", new V1.DpoConfig { LdAlpha = 1.5 }));
         Assert.Contains("dpo.ld_alpha", ld.Status.Detail);
     }
+
+    [Fact]
+    public void PrecisionTranslatesAndAnUnknownOneIsRefusedNamingTheField()
+    {
+        var bf16 = RequestTranslation.Dpo("dpo", new V1.DpoConfig { Args = new V1.TrainingArguments { Precision = "bf16" } });
+        Assert.Equal(WeakTeacher.Engine.Training.TrainingPrecision.Bf16, bf16.Precision);
+        Assert.Equal(WeakTeacher.Engine.Training.TrainingPrecision.Fp32, RequestTranslation.Sft("sft", new V1.SftConfig { Args = new V1.TrainingArguments() }).Precision);
+        var bad = Assert.Throws<RpcException>(() => RequestTranslation.Sft("sft", new V1.SftConfig { Args = new V1.TrainingArguments { Precision = "fp16" } }));
+        Assert.Equal(StatusCode.InvalidArgument, bad.StatusCode);
+        Assert.Contains("sft.args.precision", bad.Status.Detail);
+        Assert.Contains("fp32, bf16", bad.Status.Detail);
+    }
 }

@@ -111,4 +111,16 @@ public sealed record PipelineConfig
     }
 
     public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+
+    /// <summary>The same config with every trainer (teacher and student: SFT, DPO, reward) in <paramref name="precision"/>.</summary>
+    public PipelineConfig WithPrecision(TrainingPrecision precision) => this with
+    {
+        Teacher = Teacher with
+        {
+            Sft = Teacher.Sft with { Precision = precision },
+            Dpo = Teacher.Dpo with { Precision = precision },
+            Reward = Teacher.Reward with { Precision = precision },
+        },
+        Student = Student with { Sft = Student.Sft with { Precision = precision }, Dpo = Student.Dpo with { Precision = precision } },
+    };
 }

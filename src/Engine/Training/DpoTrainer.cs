@@ -88,12 +88,15 @@ public sealed class DpoTrainer
 
     private ReferenceLogps ReferenceLogProbs(TokenizedPair[] pairs, string dataHash, string cacheDir, out bool fromCache)
     {
-        var key = ReferenceLogProbCache.Key(Reference.Identity, dataHash, TrainerOutputs.SettingsText(Config));
+        // the reference runs in the training precision; a float32 key is what it was before the setting existed
+        string settingsText = TrainerOutputs.SettingsText(Config)
+            + (Config.Precision == TrainingPrecision.Fp32 ? "" : ";precision=" + Config.Precision.Name());
+        var key = ReferenceLogProbCache.Key(Reference.Identity, dataHash, settingsText);
         int batchSize = Config.EvalBatchSize > 0 ? Config.EvalBatchSize : Config.BatchSize;
         return ReferenceLogProbCache.GetOrCompute(cacheDir, key, pairs.Length, () =>
         {
             using var reference = Reference.Load();
-            CausalLMFactory.MoveTo(reference, _policy.Device, null);
+            CausalLMFactory.MoveTo(reference, _policy.Device, Config.Precision == TrainingPrecision.Fp32 ? null : Config.Precision.ComputeType());
             reference.eval();
             Tensor Zeros() => zeros(pairs.Length, 2, dtype: ScalarType.Float32);
             var values = new ReferenceLogps(Zeros(), Zeros(), Zeros());

@@ -47,6 +47,9 @@ public abstract record TrainingConfig
     /// <summary>With LoRA: also save the model with the adapter merged into its weights (a plain checkpoint) at the end.</summary>
     public bool SaveMergedModel { get; init; } = true;
     public LoraConfig? Lora { get; init; }
+    /// <summary>"fp32" (default) or "bf16": bfloat16 forward/backward with float32 master weights, gradients, optimizer
+    /// state and loss (<see cref="MixedPrecision"/>); DPO's reference then runs in bfloat16 too.</summary>
+    public TrainingPrecision Precision { get; init; }
 
     /// <summary>The tokenisation limits of this config (truncation keeps the prompt's end, TRL's default).</summary>
     [JsonIgnore]

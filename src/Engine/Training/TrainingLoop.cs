@@ -117,7 +117,9 @@ internal static class TrainingLoop
         bool cuda = model.parameters().FirstOrDefault()?.device.type == DeviceType.CUDA;
 
         model.train();
-        using var optimizer = TrainingOptimizer.Create(model, config);
+        // bf16: the model computes in bfloat16 from here until the end of Run, the optimizer holds float32 masters
+        using var precision = MixedPrecision.Begin(model, config.Precision);
+        using var optimizer = TrainingOptimizer.Create(model, config, precision.Trainable);
         var trainable = optimizer.Parameters.Select(p => (p.Name, (Tensor)p.Parameter)).ToList();
 
         int globalStep = 0;
@@ -137,6 +139,7 @@ internal static class TrainingLoop
                     $"this checkpoint belongs to a different run: {which}; use another output folder or remove it");
             }
             TrainingCheckpoints.Restore(lastCheckpoint, trainable, optimizer);
+            precision.CopyToModel();
             batcher.Restore(new BatcherPosition(state.Data.Epoch, state.Data.BatchIndex));
             globalStep = state.GlobalStep;
             tokensSeen = state.TokensSeen;
@@ -180,6 +183,7 @@ internal static class TrainingLoop
                 foreach (var batch in batches)
                 {
                     task.ForwardBackward(batch, 1.0 / normaliser, window);
+                    precision.AccumulateGradients();
                     windowTokens += batch.Tokens;
                     tokensSeen += batch.Tokens;
                 }
@@ -190,6 +194,7 @@ internal static class TrainingLoop
             }
             double gradNorm = optimizer.ClipGradients(config.MaxGradNorm);
             optimizer.Step();
+            precision.CopyToModel();
             globalStep++;
             stepsInWindow++;
             window.Add("grad_norm", gradNorm, 1);
@@ -228,6 +233,7 @@ internal static class TrainingLoop
         if (!interrupted && lastSaved != globalStep && globalStep > 0)
             lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, settings, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
                 batcher, config, tokensSeen, history, trainable, optimizer);
+        precision.End();
         model.eval();
         return new TrainResult(globalStep, totalSteps, !interrupted, resumedFrom, history, outputDir, lastCheckpoint, null, null, clock.Elapsed);
     }
@@ -294,7 +300,11 @@ internal static class TrainingLoop
             ["total_steps"] = totalSteps.ToString(CultureInfo.InvariantCulture),
         };
         foreach (var (name, value) in RunSettingsText.Flatten(config))
+        {
+            // a float32 run keeps the fingerprint it had before the setting existed, so its checkpoints still resume
+            if (name == "precision" && value == "\"fp32\"") continue;
             if (!NotResultChanging.Contains(name.Split('.', '[')[0])) settings[name] = value;
+        }
         return settings;
     }
 }

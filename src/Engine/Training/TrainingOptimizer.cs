@@ -53,8 +53,9 @@ public sealed class TrainingOptimizer : IDisposable
     /// <summary>Names of the parameters without weight decay (biases, norms).</summary>
     public IReadOnlySet<string> NoDecayParameters { get; }
 
-    /// <summary>AdamW over the trainable parameters of <paramref name="model"/>.</summary>
-    public static TrainingOptimizer Create(nn.Module model, TrainingConfig config)
+    /// <summary>AdamW over the trainable parameters of <paramref name="model"/>, or over <paramref name="parameters"/>
+    /// (named as in the model: the float32 masters of <see cref="MixedPrecision"/>) when given.</summary>
+    public static TrainingOptimizer Create(nn.Module model, TrainingConfig config, IReadOnlyList<(string Name, Parameter Parameter)>? parameters = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
@@ -62,7 +63,8 @@ public sealed class TrainingOptimizer : IDisposable
             .Where(m => m.module is LayerNorm || m.module.GetType().Name.Contains("Norm", StringComparison.Ordinal))
             .Select(m => m.name + ".")
             .ToList();
-        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+        var trainable = parameters?.Select(p => (name: p.Name, parameter: p.Parameter)).ToList()
+            ?? model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
         if (trainable.Count == 0) throw new InvalidOperationException("the model has no trainable parameters (requires_grad is false everywhere)");
         var noDecayNames = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (name, _) in trainable)

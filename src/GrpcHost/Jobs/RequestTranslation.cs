@@ -48,6 +48,7 @@ internal static class RequestTranslation
         RequestErrors.Range($"{field}.max_grad_norm", a.HasMaxGradNorm ? a.MaxGradNorm : null, 0, 1e9);
         RequestErrors.NonNegative($"{field}.save_steps", a.HasSaveSteps ? a.SaveSteps : null);
         RequestErrors.Positive($"{field}.logging_steps", a.HasLoggingSteps ? a.LoggingSteps : null);
+        var precision = a.HasPrecision ? Precision($"{field}.precision", a.Precision) : config.Precision;
         var result = config with
         {
             LearningRate = a.HasLearningRate ? a.LearningRate : config.LearningRate,
@@ -68,11 +69,16 @@ internal static class RequestTranslation
             SaveSteps = a.HasSaveSteps ? a.SaveSteps : config.SaveSteps,
             LoggingSteps = a.HasLoggingSteps ? a.LoggingSteps : config.LoggingSteps,
             Lora = a.DisableLora ? null : ApplyLora($"{field}.lora", config.Lora, a.Lora),
+            Precision = precision,
         };
         if (result.MaxPromptLength >= result.MaxLength)
             throw RequestErrors.Invalid($"{field}.max_prompt_length", $"{result.MaxPromptLength} must be below max_length {result.MaxLength}");
         return (T)result;
     }
+
+    private static TrainingPrecision Precision(string field, string value) =>
+        TrainingPrecisions.Parse(value)
+        ?? throw RequestErrors.Invalid(field, $"'{RequestErrors.Echo(value)}' is not one of {string.Join(", ", TrainingPrecisions.Names)}");
 
     private static LoraConfig? ApplyLora(string field, LoraConfig? current, V1.LoraConfig? l)
     {
