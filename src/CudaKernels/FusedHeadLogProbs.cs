@@ -35,9 +35,11 @@ public static class FusedHeadLogProbs
     /// <param name="numSequences">Number of sequences.</param>
     /// <param name="ignoreIndex">Label of ignored rows: log-prob 0, no gradient.</param>
     /// <param name="chunkRows">Rows per logits block; 0 picks <see cref="AutoChunkRows"/>.</param>
+    /// <param name="checkIndices">False when the caller has validated labels and seqIndex on the host: skips the range
+    /// check on the device (a device-to-host read that waits for all queued work).</param>
     /// <returns>TokenLogps [N] and SequenceLogps [numSequences], float32, differentiable w.r.t. hidden and weight.</returns>
     public static (Tensor TokenLogps, Tensor SequenceLogps) Compute(Tensor hidden, Tensor weight, Tensor labels, Tensor seqIndex,
-        int numSequences, long ignoreIndex = -100, int chunkRows = 0)
+        int numSequences, long ignoreIndex = -100, int chunkRows = 0, bool checkIndices = true)
     {
         const string op = "FusedHeadLogProbs.Compute";
         InputChecks.Logits(op, hidden, nameof(hidden));
@@ -51,7 +53,7 @@ public static class FusedHeadLogProbs
         if (chunkRows < 0)
             throw new ArgumentOutOfRangeException(nameof(chunkRows), chunkRows, $"{op}: chunkRows must be >= 0 (0 = auto).");
         InputChecks.Indices(op, labels, seqIndex, hidden.shape[0], numSequences, hidden);
-        InputChecks.IndexRanges(op, labels, seqIndex, weight.shape[0], numSequences, ignoreIndex);
+        if (checkIndices) InputChecks.IndexRanges(op, labels, seqIndex, weight.shape[0], numSequences, ignoreIndex);
         bool cuda = KernelSettings.UseCuda(hidden, op, floatKernel: true, nameof(hidden));
         int rows = chunkRows > 0 ? (int)Math.Min(chunkRows, Math.Max(hidden.shape[0], 1)) : AutoChunkRows(hidden.shape[0], weight.shape[0]);
         var outputs = FusedHeadLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), labels.contiguous(), seqIndex.contiguous(),

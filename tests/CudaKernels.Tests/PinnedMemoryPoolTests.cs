@@ -1,3 +1,4 @@
+using WeakTeacher.CudaKernels.Native;
 using WeakTeacher.CudaKernels.Cuda;
 using WeakTeacher.CudaKernels.Memory;
 using static TorchSharp.torch;
@@ -137,6 +138,35 @@ public sealed class PinnedMemoryPoolTests
 
         Assert.Contains("has 4-byte elements", Assert.Throws<ArgumentException>(() => HostTransfers.Upload(tokens, empty(6, ScalarType.Int32))).Message);
         Assert.Contains("has 5 elements", Assert.Throws<ArgumentException>(() => HostTransfers.Upload(tokens, empty(5, ScalarType.Int64))).Message);
+    }
+
+    [Fact]
+    public void StagedUploadCopiesAnyCpuTensorThroughOneReusedBlock()
+    {
+        // the path batches take to CUDA (HostTransfers.ToDevice), run here with ordinary memory into CPU tensors
+        using var pool = new PinnedMemoryPool(1 << 20, PinnedMemoryKind.Managed);
+        var ids = arange(0L, 15L, dtype: ScalarType.Int64).reshape(3, 5);
+        var transposed = ids.t();   // not contiguous: staged as its logical values
+        for (int i = 0; i < 3; i++)
+        {
+            using var copy = HostTransfers.Staged(ids, CPU, pool);
+            Assert.Equal(new long[] { 3, 5 }, copy.shape);
+            Assert.Equal(ScalarType.Int64, copy.dtype);
+            Assert.True(copy.eq(ids).all().item<bool>());
+            Assert.NotEqual(TorchNative.DataPointer(ids), TorchNative.DataPointer(copy));
+        }
+        Assert.Equal(1, pool.BlockAllocations);
+        Assert.Equal(0, pool.RentedBytes);
+        using var t = HostTransfers.Staged(transposed, CPU, pool);
+        Assert.True(t.eq(transposed).all().item<bool>());
+        var floats = tensor(new float[] { 1.5f, -2f, 3f });
+        using var f = HostTransfers.Staged(floats, CPU, pool);
+        Assert.Equal([1.5f, -2f, 3f], f.data<float>().ToArray());
+        using var empty0 = HostTransfers.Staged(empty(0, ScalarType.Int64), CPU, pool);
+        Assert.Equal(0, empty0.numel());
+        // on the CPU, ToDevice is the plain path: the same storage, no copy
+        using var alias = HostTransfers.ToDevice(ids, CPU);
+        Assert.Equal(TorchNative.DataPointer(ids), TorchNative.DataPointer(alias));
     }
 
     [Fact]

@@ -29,23 +29,73 @@ public readonly struct TransferFence
 /// </summary>
 public static unsafe class HostTransfers
 {
+    /// <summary>
+    /// <paramref name="host"/> (a CPU tensor) on <paramref name="device"/>: on the CPU the same storage (a new handle),
+    /// elsewhere <see cref="Staged"/> through <see cref="PinnedMemoryPool.Shared"/>, asynchronously. The training and
+    /// scoring batches go up this way, so the host does not wait for a pageable copy.
+    /// </summary>
+    public static Tensor ToDevice(Tensor host, Device device)
+    {
+        ArgumentNullException.ThrowIfNull(host);
+        ArgumentNullException.ThrowIfNull(device);
+        if (host.device_type != TorchSharp.DeviceType.CPU)
+            throw new ArgumentException($"HostTransfers.ToDevice: host must be a CPU tensor, it is on {host.device}.", nameof(host));
+        if (device.type == TorchSharp.DeviceType.CPU) return host.alias();
+        return device.type == TorchSharp.DeviceType.CUDA ? Staged(host, device, PinnedMemoryPool.Shared) : host.to(device);
+    }
+
+    /// <summary>
+    /// A new tensor on <paramref name="device"/> with the values of the CPU tensor <paramref name="host"/>: its bytes go
+    /// into a block rented from <paramref name="pool"/>, which is uploaded (cuMemcpyHtoDAsync on CUDA, ordered with
+    /// libtorch's work; a memory copy on the CPU) and returned at once (the pool hands it out again only after the copy).
+    /// </summary>
+    public static Tensor Staged(Tensor host, Device device, PinnedMemoryPool pool)
+    {
+        ArgumentNullException.ThrowIfNull(host);
+        ArgumentNullException.ThrowIfNull(pool);
+        if (host.device_type != TorchSharp.DeviceType.CPU)
+            throw new ArgumentException($"HostTransfers.Staged: host must be a CPU tensor, it is on {host.device}.", nameof(host));
+        using var contiguous = host.contiguous();
+        var destination = empty(host.shape, host.dtype, device);
+        try
+        {
+            long bytes = contiguous.numel() * contiguous.ElementSize;
+            using var buffer = pool.Rent<byte>(checked((int)bytes));
+            if (bytes > 0)
+            {
+                Buffer.MemoryCopy((void*)TorchNative.DataPointer(contiguous), (void*)buffer.Pointer, bytes, bytes);
+                Copy(buffer.Block, buffer.Pointer, bytes, destination);
+            }
+            return destination;
+        }
+        catch
+        {
+            destination.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Copies all of <paramref name="source"/> into the contiguous <paramref name="destination"/>, which must
     /// have exactly source.Length elements of sizeof(T) bytes.</summary>
     public static TransferFence Upload<T>(PinnedMemoryOwner<T> source, Tensor destination) where T : unmanaged
     {
         CheckTensor(destination, source.Length, sizeof(T), nameof(destination));
         if (source.Length == 0) return default;
+        return Copy(source.Block, source.Pointer, source.ByteLength, destination);
+    }
+
+    private static TransferFence Copy(PinnedBlock block, IntPtr pointer, long bytes, Tensor destination)
+    {
         var target = TorchNative.DataPointer(destination);
         if (destination.device_type != TorchSharp.DeviceType.CUDA)
         {
-            Buffer.MemoryCopy((void*)source.Pointer, (void*)target, source.ByteLength, source.ByteLength);
+            Buffer.MemoryCopy((void*)pointer, (void*)target, bytes, bytes);
             return default;
         }
         var device = CudaRuntime.DeviceOf(destination);
-        var block = source.Block;
         block.WaitForTransfer();
         var driver = device.Driver;
-        driver.MemcpyHtoDAsync((ulong)target, (void*)source.Pointer, (nuint)source.ByteLength, CudaDriver.DefaultStream);
+        driver.MemcpyHtoDAsync((ulong)target, (void*)pointer, (nuint)bytes, CudaDriver.DefaultStream);
         var e = block.EventForTransfer();
         driver.EventRecord(e, CudaDriver.DefaultStream);
         block.TransferPending = true;

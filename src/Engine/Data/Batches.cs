@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using TorchSharp;
+using WeakTeacher.CudaKernels.Memory;
 using static TorchSharp.torch;
 
 namespace WeakTeacher.Engine.Data;
@@ -9,21 +10,29 @@ namespace WeakTeacher.Engine.Data;
 /// the tokenizer's pad id), <see cref="AttentionMask"/> (1 on real tokens), <see cref="ResponseMask"/> (1 exactly on
 /// response tokens, EOS included; 0 on prompt and padding). Mask positions are the tokens themselves: the log-prob of
 /// token t comes from the logits at t-1, so a consumer pairs logits[:, :-1] with ResponseMask[:, 1:].
+/// <see cref="HostInputIds"/> and <see cref="HostResponseMask"/> are the CPU originals (the same storage on the CPU), so
+/// row indices, labels and id checks are computed on the host without reading the device.
 /// Owns its tensors; dispose it when done.
 /// </summary>
 public class SequenceBatch : IDisposable
 {
-    internal SequenceBatch(Tensor inputIds, Tensor attentionMask, Tensor responseMask, int[] lengths)
+    internal SequenceBatch(BatchTensors tensors)
     {
-        InputIds = inputIds;
-        AttentionMask = attentionMask;
-        ResponseMask = responseMask;
-        Lengths = lengths;
+        InputIds = tensors.Ids;
+        AttentionMask = tensors.Attention;
+        ResponseMask = tensors.Response;
+        HostInputIds = tensors.HostIds;
+        HostResponseMask = tensors.HostResponse;
+        Lengths = tensors.Lengths;
     }
 
     public Tensor InputIds { get; }
     public Tensor AttentionMask { get; }
     public Tensor ResponseMask { get; }
+    /// <summary><see cref="InputIds"/> on the CPU.</summary>
+    public Tensor HostInputIds { get; }
+    /// <summary><see cref="ResponseMask"/> on the CPU.</summary>
+    public Tensor HostResponseMask { get; }
     /// <summary>Real (unpadded) length of each row; the last real token of row i is at Lengths[i] - 1.</summary>
     public IReadOnlyList<int> Lengths { get; }
     public int RowCount => Lengths.Count;
@@ -34,6 +43,8 @@ public class SequenceBatch : IDisposable
         InputIds.Dispose();
         AttentionMask.Dispose();
         ResponseMask.Dispose();
+        HostInputIds.Dispose();
+        HostResponseMask.Dispose();
         GC.SuppressFinalize(this);
     }
 }
@@ -41,8 +52,7 @@ public class SequenceBatch : IDisposable
 /// <summary>An SFT batch: the loss is taken where <see cref="SequenceBatch.ResponseMask"/> is 1.</summary>
 public sealed class SftBatch : SequenceBatch
 {
-    internal SftBatch(Tensor inputIds, Tensor attentionMask, Tensor responseMask, int[] lengths)
-        : base(inputIds, attentionMask, responseMask, lengths) { }
+    internal SftBatch(BatchTensors tensors) : base(tensors) { }
 }
 
 /// <summary>
@@ -51,8 +61,7 @@ public sealed class SftBatch : SequenceBatch
 /// </summary>
 public sealed class PreferenceBatch : SequenceBatch
 {
-    internal PreferenceBatch(Tensor inputIds, Tensor attentionMask, Tensor responseMask, int[] lengths, int pairCount)
-        : base(inputIds, attentionMask, responseMask, lengths) => PairCount = pairCount;
+    internal PreferenceBatch(BatchTensors tensors, int pairCount) : base(tensors) => PairCount = pairCount;
 
     /// <summary>B: the number of pairs (half the rows).</summary>
     public int PairCount { get; }
@@ -75,20 +84,17 @@ public static class Collator
             rows[i] = (pairs[i].PromptIds, pairs[i].ChosenIds);
             rows[b + i] = (pairs[i].PromptIds, pairs[i].RejectedIds);
         }
-        var (ids, attention, response, lengths) = Fill(rows, padTokenId, device);
-        return new PreferenceBatch(ids, attention, response, lengths, b);
+        return new PreferenceBatch(Fill(rows, padTokenId, device), b);
     }
 
     public static SftBatch CollateSft(IReadOnlyList<TokenizedSequence> sequences, int padTokenId, Device? device = null)
     {
-        var (ids, attention, response, lengths) = Fill(Rows(sequences), padTokenId, device);
-        return new SftBatch(ids, attention, response, lengths);
+        return new SftBatch(Fill(Rows(sequences), padTokenId, device));
     }
 
     public static SequenceBatch CollateSequences(IReadOnlyList<TokenizedSequence> sequences, int padTokenId, Device? device = null)
     {
-        var (ids, attention, response, lengths) = Fill(Rows(sequences), padTokenId, device);
-        return new SequenceBatch(ids, attention, response, lengths);
+        return new SequenceBatch(Fill(Rows(sequences), padTokenId, device));
     }
 
     private static (int[] Prompt, int[] Response)[] Rows(IReadOnlyList<TokenizedSequence> sequences)
@@ -100,8 +106,7 @@ public static class Collator
         return rows;
     }
 
-    private static (Tensor Ids, Tensor Attention, Tensor Response, int[] Lengths) Fill(
-        (int[] Prompt, int[] Response)[] rows, int padTokenId, Device? device)
+    private static BatchTensors Fill((int[] Prompt, int[] Response)[] rows, int padTokenId, Device? device)
     {
         int width = 0;
         var lengths = new int[rows.Length];
@@ -131,15 +136,14 @@ public static class Collator
             responseSpan.Slice(offset + p, reply.Length).Fill(1);
             responseSpan.Slice(offset + n, width - n).Clear();
         }
-        if (device is not null && device.type != DeviceType.CPU)
-            return (Move(ids, device), Move(attention, device), Move(response, device), lengths);
-        return (ids, attention, response, lengths);
-    }
-
-    private static Tensor Move(Tensor tensor, Device device)
-    {
-        var moved = tensor.to(device);
-        tensor.Dispose();
-        return moved;
+        // off the CPU, each goes up through the pinned pool asynchronously (HostTransfers.ToDevice); ids and the
+        // response mask stay on the host too
+        var target = device ?? CPU;
+        var onDevice = HostTransfers.ToDevice(attention, target);
+        attention.Dispose();
+        return new BatchTensors(HostTransfers.ToDevice(ids, target), onDevice, HostTransfers.ToDevice(response, target), ids, response, lengths);
     }
 }
+
+/// <summary>A collated batch's tensors: on the batch's device, and the CPU originals of ids and response mask.</summary>
+internal sealed record BatchTensors(Tensor Ids, Tensor Attention, Tensor Response, Tensor HostIds, Tensor HostResponse, int[] Lengths);

@@ -163,8 +163,8 @@ public sealed class WeakLabeler : IDisposable
             else
             {
                 using var batch = Collator.CollatePreferences(tokenized, _tokenizer.PadTokenId, _policy!.Device);
-                var policy = ResponseLogProbs.Compute(_policy, batch.InputIds, batch.AttentionMask, batch.ResponseMask);
-                var reference = ResponseLogProbs.Compute(_reference!, batch.InputIds, batch.AttentionMask, batch.ResponseMask).to(policy.device);
+                var policy = ResponseLogProbs.Compute(_policy, batch);
+                var reference = ResponseLogProbs.Compute(_reference!, batch).to(policy.device);
                 labels = PreferenceScoring.LabelPairs(policy.narrow(0, 0, b), reference.narrow(0, 0, b), policy.narrow(0, b, b), reference.narrow(0, b, b), Options.Beta);
             }
             var rewardA = labels.RewardA.cpu().to(ScalarType.Float64).data<double>().ToArray();
@@ -201,8 +201,8 @@ public sealed class WeakLabeler : IDisposable
             else
             {
                 using var batch = Collator.CollateSequences(tokenized, _tokenizer.PadTokenId, _policy!.Device);
-                var policy = ResponseLogProbs.Compute(_policy, batch.InputIds, batch.AttentionMask, batch.ResponseMask);
-                var reference = ResponseLogProbs.Compute(_reference!, batch.InputIds, batch.AttentionMask, batch.ResponseMask).to(policy.device);
+                var policy = ResponseLogProbs.Compute(_policy, batch);
+                var reference = ResponseLogProbs.Compute(_reference!, batch).to(policy.device);
                 rewards = policy - reference;
             }
             return rewards.cpu().to(ScalarType.Float64).data<double>().ToArray();

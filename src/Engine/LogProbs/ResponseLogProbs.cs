@@ -1,5 +1,7 @@
 using TorchSharp;
 using WeakTeacher.CudaKernels;
+using WeakTeacher.CudaKernels.Memory;
+using WeakTeacher.Engine.Data;
 using WeakTeacher.Engine.Models;
 using static TorchSharp.torch;
 
@@ -79,6 +81,16 @@ public static class ResponseLogProbs
         return sequence.MoveToOuterDisposeScope();
     }
 
+    /// <summary>As <see cref="Compute(CausalLM, Tensor, Tensor, Tensor)"/> for a collated batch: its host-side ids and
+    /// response mask give the scored rows without reading the device.</summary>
+    public static Tensor Compute(CausalLM model, SequenceBatch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        using var scope = NewDisposeScope();
+        var (sequence, _, _, _) = Run(model, batch.InputIds, batch.AttentionMask, batch.ResponseMask, batch);
+        return sequence.MoveToOuterDisposeScope();
+    }
+
     /// <summary>As <see cref="Compute"/>, also returning the per-token log-probs [B, T] and response token counts [B].</summary>
     public static ResponseLogProbsResult ComputeWithTokens(CausalLM model, Tensor inputIds, Tensor attentionMask, Tensor responseMask)
     {
@@ -97,9 +109,19 @@ public static class ResponseLogProbs
     /// through the head once more, without gradient, in blocks of <see cref="FusedHeadLogProbs.AutoChunkRows"/>.
     /// </summary>
     public static ResponseLogProbsDetail ComputeDetailed(CausalLM model, Tensor inputIds, Tensor attentionMask, Tensor responseMask, bool wpo = false)
+        => Detailed(model, inputIds, attentionMask, responseMask, wpo, null);
+
+    /// <summary>As <see cref="ComputeDetailed(CausalLM, Tensor, Tensor, Tensor, bool)"/> for a collated batch (scored rows from its host-side tensors).</summary>
+    public static ResponseLogProbsDetail ComputeDetailed(CausalLM model, SequenceBatch batch, bool wpo = false)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        return Detailed(model, batch.InputIds, batch.AttentionMask, batch.ResponseMask, wpo, batch);
+    }
+
+    private static ResponseLogProbsDetail Detailed(CausalLM model, Tensor inputIds, Tensor attentionMask, Tensor responseMask, bool wpo, SequenceBatch? batch)
     {
         using var scope = NewDisposeScope();
-        var (sequence, tokens, rowIndex, counts, rows) = RunWithRows(model, inputIds, attentionMask, responseMask);
+        var (sequence, tokens, rowIndex, counts, rows) = RunWithRows(model, inputIds, attentionMask, responseMask, batch);
         long b = inputIds.shape[0], t = inputIds.shape[1];
         var sequenceIndex = rowIndex.Div(t, RoundingMode.floor);
         Tensor logitSums, wpoLog;
@@ -134,14 +156,45 @@ public static class ResponseLogProbs
     }
 
     private static (Tensor Sequence, Tensor Tokens, Tensor RowIndex, Tensor Counts) Run(CausalLM model, Tensor inputIds,
-        Tensor attentionMask, Tensor responseMask)
+        Tensor attentionMask, Tensor responseMask, SequenceBatch? batch = null)
     {
-        var (sequence, tokens, rowIndex, counts, _) = RunWithRows(model, inputIds, attentionMask, responseMask);
+        var (sequence, tokens, rowIndex, counts, _) = RunWithRows(model, inputIds, attentionMask, responseMask, batch);
         return (sequence, tokens, rowIndex, counts);
     }
 
+    /// <summary>The scored rows of a batch: rows t = 0 .. T-2 predict token t + 1, kept where that token is a response token.</summary>
+    private sealed record ScoredRows(Tensor SequenceIndex, Tensor RowIndex, Tensor Labels, Tensor Counts);
+
+    private static ScoredRows Rows(Tensor ids, Tensor responseMask)
+    {
+        long b = ids.shape[0], t = ids.shape[1];
+        var scored = responseMask.narrow(1, 1, t - 1).Ne(0);                   // [B, T-1]
+        var where = scored.nonzero();                                          // [N, 2] (sequence, row)
+        var sequenceIndex = where.select(1, 0).contiguous();
+        var rowIndex = sequenceIndex.Mul(t).Add(where.select(1, 1));           // row in the flattened [B*T, H]
+        var labels = ids.reshape(b * t).index_select(0, rowIndex.Add(1L));
+        return new ScoredRows(sequenceIndex, rowIndex, labels, scored.sum(1, type: int64));
+    }
+
+    /// <summary>Every id of the host-side batch in [0, vocab): one clear error instead of a device-side assert.</summary>
+    private static void CheckIds(Tensor hostIds, long vocab)
+    {
+        var bad = hostIds.Lt(0L).logical_or(hostIds.Ge(vocab));
+        if (!bad.any().item<bool>()) return;
+        var at = bad.nonzero()[0];
+        long row = at[0].item<long>(), column = at[1].item<long>();
+        throw new ArgumentOutOfRangeException("inputIds",
+            $"input_ids[{row}, {column}] = {hostIds[row, column].item<long>()} is outside the model's vocabulary [0, {vocab})");
+    }
+
+    /// <summary>
+    /// The forward and the fused head over the scored rows. The row indices, labels and counts come from the host-side
+    /// tensors (<paramref name="batch"/>'s, or the inputs themselves when they are on the CPU) and are validated there,
+    /// before anything is queued on the device: the hot path reads nothing back from the device (no nonzero() on a device
+    /// mask, no device-side index check). Inputs only on the device take the device path (one nonzero() sync).
+    /// </summary>
     private static (Tensor Sequence, Tensor Tokens, Tensor RowIndex, Tensor Counts, Tensor Rows) RunWithRows(CausalLM model, Tensor inputIds,
-        Tensor attentionMask, Tensor responseMask)
+        Tensor attentionMask, Tensor responseMask, SequenceBatch? batch = null)
     {
         if (inputIds.dim() != 2)
             throw new ArgumentException($"input_ids must be [B, T], got [{string.Join(", ", inputIds.shape)}]", nameof(inputIds));
@@ -149,24 +202,40 @@ public static class ResponseLogProbs
             throw new ArgumentException($"attention_mask [{string.Join(", ", attentionMask.shape)}] must match input_ids [{string.Join(", ", inputIds.shape)}]", nameof(attentionMask));
         if (!responseMask.shape.SequenceEqual(inputIds.shape))
             throw new ArgumentException($"response_mask [{string.Join(", ", responseMask.shape)}] must match input_ids [{string.Join(", ", inputIds.shape)}]", nameof(responseMask));
-        long b = inputIds.shape[0], t = inputIds.shape[1];
+        long b = inputIds.shape[0];
         var device = model.Device;
-        var ids = inputIds.to(int64).to(device);
-        var mask = attentionMask.to(device);
-        var hidden = model.ForwardHidden(ids, mask);                          // [B, T, H]
+        long vocab = model.OutputWeight.shape[0];
+        Tensor? hostIds = batch?.HostInputIds ?? (inputIds.device_type == DeviceType.CPU ? inputIds : null);
+        Tensor? hostResponse = batch?.HostResponseMask ?? (responseMask.device_type == DeviceType.CPU ? responseMask : null);
+        ScoredRows scored;
+        Tensor ids, mask;
+        bool onHost = hostIds is not null && hostResponse is not null;
+        if (onHost)
+        {
+            var host = hostIds!.to(int64);
+            CheckIds(host, vocab);
+            var rows = Rows(host, hostResponse!);
+            scored = new ScoredRows(Up(rows.SequenceIndex), Up(rows.RowIndex), Up(rows.Labels), Up(rows.Counts));
+            bool there = inputIds.device_type == device.type && inputIds.device_index == device.index;
+            ids = there ? inputIds.to(int64) : Up(host);
+            mask = attentionMask.device_type == DeviceType.CPU ? Up(attentionMask) : attentionMask.to(device);
+        }
+        else
+        {
+            ids = inputIds.to(int64).to(device);
+            mask = attentionMask.to(device);
+            scored = Rows(ids, responseMask.to(device));
+        }
+        Tensor Up(Tensor host) => HostTransfers.ToDevice(host.contiguous(), device);
 
-        // rows t = 0 .. T-2 predict token t + 1; keep those whose label is a response token
-        var scored = responseMask.to(device).narrow(1, 1, t - 1).Ne(0);        // [B, T-1]
-        var where = scored.nonzero();                                          // [N, 2] (sequence, row)
-        var sequenceIndex = where.select(1, 0).contiguous();
-        var rowIndex = sequenceIndex.Mul(t).Add(where.select(1, 1));                // row in the flattened [B*T, H]
-        var rows = hidden.reshape(b * t, hidden.shape[2]).index_select(0, rowIndex);
-        var labels = ids.reshape(b * t).index_select(0, rowIndex.Add(1L));
-        var (tokens, sequence) = FusedHeadLogProbs.Compute(rows, model.OutputWeight, labels, sequenceIndex, (int)b);
+        var hidden = model.ForwardHidden(ids, mask);                          // [B, T, H]
+        var rowsHidden = hidden.reshape(b * inputIds.shape[1], hidden.shape[2]).index_select(0, scored.RowIndex);
+        // host-derived indices are valid by construction (ids checked above, rows from the masks' own shape)
+        var (tokens, sequence) = FusedHeadLogProbs.Compute(rowsHidden, model.OutputWeight, scored.Labels, scored.SequenceIndex, (int)b,
+            checkIndices: !onHost);
         // TorchSharp's custom-autograd node fills the gradient of an unused output with zeros_like(that output object),
         // so the raw outputs must outlive this call even when only the sequence sums are used: leave them to the GC
         tokens.DetachFromDisposeScope();
-        var counts = scored.sum(1, type: int64);
-        return (sequence, tokens, rowIndex, counts, rows);
+        return (sequence, tokens, scored.RowIndex, scored.Counts, rowsHidden);
     }
 }

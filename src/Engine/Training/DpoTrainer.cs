@@ -106,7 +106,7 @@ public sealed class DpoTrainer
                 int count = Math.Min(batchSize, pairs.Length - start);
                 using var scope = NewDisposeScope();
                 using var batch = Collator.CollatePreferences(new ArraySegment<TokenizedPair>(pairs, start, count), _tokenizer.PadTokenId, reference.Device);
-                using var detail = ResponseLogProbs.ComputeDetailed(reference, batch.InputIds, batch.AttentionMask, batch.ResponseMask);
+                using var detail = ResponseLogProbs.ComputeDetailed(reference, batch);
                 foreach (var (target, source) in new[] { (values.Logps, detail.SequenceLogps), (values.TokenCounts, detail.TokenCounts.to(ScalarType.Float32)),
                              (values.TailLogps, detail.PairTailLogps(count)) })
                 {
@@ -136,8 +136,7 @@ public sealed class DpoTrainer
             var batch = (PreferenceBatch)micro.Payload;
             int b = batch.PairCount;
             using var scope = NewDisposeScope();
-            using var policy = ResponseLogProbs.ComputeDetailed(trainer._policy, batch.InputIds, batch.AttentionMask, batch.ResponseMask,
-                wpo: config.UseWeighting);
+            using var policy = ResponseLogProbs.ComputeDetailed(trainer._policy, batch, wpo: config.UseWeighting);
             // LD-DPO (TRL v1.9.0 L1349-1361): shared + ld_alpha * tail
             var logps = config.LdAlpha is double a ? policy.SequenceLogps - policy.PairTailLogps(b).Mul(1 - a) : policy.SequenceLogps;
             var policyChosen = logps.narrow(0, 0, b);

@@ -61,7 +61,7 @@ public sealed class SftTrainer
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         using var batch = Collator.CollateSft(sequences, _tokenizer.PadTokenId, _model.Device);
-        var logps = ResponseLogProbs.Compute(_model, batch.InputIds, batch.AttentionMask, batch.ResponseMask);
+        var logps = ResponseLogProbs.Compute(_model, batch);
         double tokens = sequences.Sum(ScoredTokens);
         return -logps.sum().item<float>() / tokens;
     }
@@ -85,7 +85,7 @@ public sealed class SftTrainer
         {
             var batch = (SftBatch)micro.Payload;
             using var scope = NewDisposeScope();
-            var logps = ResponseLogProbs.Compute(model, batch.InputIds, batch.AttentionMask, batch.ResponseMask);
+            var logps = ResponseLogProbs.Compute(model, batch);
             var nllSum = -logps.sum();
             nllSum.Mul(lossScale).backward();
             sums.Add("loss", nllSum.item<float>(), micro.Normaliser);
