@@ -34,16 +34,12 @@ demo.SetAction((parse, ct) => Task.Run(() =>
     TorchDevice.Initialize(device, threads: parse.GetValue(threadsOption));
     var clock = Stopwatch.StartNew();
     Console.WriteLine($"WeakTeacher demo ({size}) on {device} -> {output}");
-    double prepareSeconds = 0;
     var report = ProgressDisplay.Run(progress =>
     {
         var assets = DefaultTask.Prepare(Path.Combine(output, "task"), progress, ct, size);
-        prepareSeconds = clock.Elapsed.TotalSeconds;
-        return WeakToStrongPipeline.Run(WithPrecision(DemoConfig.Create(assets, output, size, device), parse), progress, ct);
+        var prepared = new WeakTeacher.Engine.Evaluation.StageTiming("prepare_task", clock.Elapsed.TotalSeconds);
+        return WeakToStrongPipeline.Run(WithPrecision(DemoConfig.Create(assets, output, size, device), parse), progress, ct, [prepared]);
     });
-    report.Stages.Insert(0, new WeakTeacher.Engine.Evaluation.StageTiming("prepare_task", prepareSeconds));
-    report.TotalSeconds = clock.Elapsed.TotalSeconds;
-    report.Save(output);
     Console.WriteLine();
     ReportTables.Write(report);
     Console.WriteLine($"report: {Path.Combine(output, "report.md")}  {Path.Combine(output, "report.json")}");

@@ -47,6 +47,9 @@ public static class AtomicFile
         }
     }
 
+    /// <summary>Runs <paramref name="write"/> on a temporary stream and renames the result into place.</summary>
+    public static void Write(string path, Action<Stream> write) => Write(path, stream => { write(stream); return 0; });
+
     private static string TempPath(string path)
     {
         string full = Path.GetFullPath(path);

@@ -238,22 +238,19 @@ public static class SafeTensors
     /// Writes tensors (any device; written as they are, in their dtype) to <paramref name="path"/> with optional
     /// __metadata__. The file is written beside the target and renamed over it, so a failed save leaves no partial file.
     /// </summary>
-    public static void Save(IDictionary<string, Tensor> tensors, string path, IDictionary<string, string>? metadata = null)
-    {
-        var temp = path + ".tmp-" + Guid.NewGuid().ToString("N");
-        try
-        {
-            WriteFile(tensors, temp, metadata);
-            File.Move(temp, path, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-        }
-    }
+    public static void Save(IDictionary<string, Tensor> tensors, string path, IDictionary<string, string>? metadata = null) =>
+        AtomicFile.Write(path, stream => Write(tensors, stream, metadata));
 
     /// <param name="floatCast">when given, floating-point tensors are written in this dtype (cast one tensor at a time).</param>
     internal static void WriteFile(IEnumerable<KeyValuePair<string, Tensor>> tensors, string path, IDictionary<string, string>? metadata,
+        ScalarType? floatCast = null)
+    {
+        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        Write(tensors, stream, metadata, floatCast);
+        stream.Flush(flushToDisk: true);
+    }
+
+    private static void Write(IEnumerable<KeyValuePair<string, Tensor>> tensors, Stream stream, IDictionary<string, string>? metadata,
         ScalarType? floatCast = null)
     {
         ScalarType Stored(Tensor t) => floatCast is ScalarType c && is_floating_point(t) ? c : t.dtype;
@@ -280,7 +277,6 @@ public static class SafeTensors
         }
         var headerBytes = Encoding.UTF8.GetBytes(header.ToJsonString());
         int padding = (8 - headerBytes.Length % 8) % 8; // data starts 8-byte aligned, as the reference writer does
-        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
         stream.Write(BitConverter.GetBytes((ulong)(headerBytes.Length + padding)));
         stream.Write(headerBytes);
         for (int i = 0; i < padding; i++) stream.WriteByte((byte)' ');
@@ -298,7 +294,6 @@ public static class SafeTensors
                 remaining -= chunk;
             }
         }
-        stream.Flush(flushToDisk: true);
     }
 
     public static ScalarType? ToScalarType(string dtype) => dtype switch

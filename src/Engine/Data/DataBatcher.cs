@@ -62,18 +62,6 @@ public sealed class DataBatcher<T>
         return batch;
     }
 
-    /// <summary>The batches left in the current epoch (all of the next epoch when the current one is finished).</summary>
-    public IEnumerable<IReadOnlyList<T>> RemainingInEpoch()
-    {
-        if (Position.BatchIndex >= BatchesPerEpoch) Position = new BatcherPosition(Position.Epoch + 1, 0);
-        int epoch = Position.Epoch;
-        while (Position.Epoch == epoch && Position.BatchIndex < BatchesPerEpoch)
-            yield return Next();
-    }
-
-    /// <summary>The item order of <paramref name="epoch"/>: a seeded permutation, or 0..N-1 without shuffling.</summary>
-    public IReadOnlyList<int> EpochOrder(int epoch) => Order(epoch).ToArray();
-
     private int[] Order(int epoch)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(epoch);

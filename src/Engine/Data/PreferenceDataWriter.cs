@@ -32,7 +32,7 @@ public static class PreferenceDataWriter
                 yield return ToRecord(row, resolved, index++);
             }
         }
-        return WriteAtomically(path, stream => kind == DataFileKind.Parquet
+        return AtomicFile.Write(path, stream => kind == DataFileKind.Parquet
             ? WriteParquet(stream, Records())
             : WriteJsonLines(kind == DataFileKind.JsonlGzip ? new GZipStream(stream, CompressionLevel.Optimal, leaveOpen: true) : stream, Records()));
     }
@@ -119,7 +119,6 @@ public static class PreferenceDataWriter
         _ => throw new ArgumentException($"row {index}: extra field '{name}' has type {value.GetType().Name}; use double, float, int, long, bool or string"),
     };
 
-    private static int WriteAtomically(string path, Func<Stream, int> write) => AtomicFile.Write(path, write);
 
     private static int WriteJsonLines(Stream stream, IEnumerable<(string Name, object? Value)[]> records)
     {

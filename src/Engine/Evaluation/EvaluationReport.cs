@@ -229,8 +229,8 @@ public sealed class EvaluationReport
         ArgumentException.ThrowIfNullOrWhiteSpace(dir);
         Directory.CreateDirectory(dir);
         string json = Path.Combine(dir, "report.json"), md = Path.Combine(dir, "report.md");
-        WriteAtomically(json, ToJson());
-        WriteAtomically(md, ToMarkdown());
+        AtomicFile.WriteAllText(json, ToJson());
+        AtomicFile.WriteAllText(md, ToMarkdown());
         var paths = new List<string> { json, md };
         paths.AddRange(SavePlots(dir));
         return paths;
@@ -241,6 +241,4 @@ public sealed class EvaluationReport
     /// standard error) and the chosen/rejected gold reward per label source. Returns the written paths.
     /// </summary>
     public IReadOnlyList<string> SavePlots(string dir) => ReportPlots.Save(this, dir);
-
-    private static void WriteAtomically(string path, string text) => AtomicFile.WriteAllText(path, text);
 }

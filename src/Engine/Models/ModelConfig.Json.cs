@@ -344,7 +344,7 @@ public sealed partial record ModelConfig
     public void Save(string path)
     {
         if (Directory.Exists(path)) path = System.IO.Path.Combine(path, "config.json");
-        File.WriteAllText(path, ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        AtomicFile.WriteAllText(path, ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
 
     /// <summary>Typed field access that names the file and field when a value has the wrong type.</summary>

@@ -14,11 +14,15 @@ namespace WeakTeacher.Engine.Pipeline;
 /// </summary>
 public static class WeakToStrongPipeline
 {
-    public static EvaluationReport Run(PipelineConfig config, IProgress<JobProgress>? progress = null, CancellationToken ct = default)
+    /// <param name="earlierStages">stages the caller ran before (the demo's task preparation): listed first in the
+    /// report's timings and counted in its total, so the report is written once, complete.</param>
+    public static EvaluationReport Run(PipelineConfig config, IProgress<JobProgress>? progress = null, CancellationToken ct = default,
+        IReadOnlyList<StageTiming>? earlierStages = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         var clock = Stopwatch.StartNew();
         var report = new EvaluationReport { Title = "Weak teacher -> strong student: alignment report" };
+        report.Stages.AddRange(earlierStages ?? []);
         string Dir(string name) => Path.Combine(config.OutputDir, name);
         Directory.CreateDirectory(config.OutputDir);
         AtomicFile.WriteAllText(Dir("config.json"), config.ToJson());
@@ -143,9 +147,8 @@ public static class WeakToStrongPipeline
         report.Info["student_base"] = config.Student.BaseModel;
         report.Info["teacher_method"] = config.Teacher.Method.ToString();
         report.Info["unlabelled_pairs"] = pairs.Count.ToString();
-        report.TotalSeconds = clock.Elapsed.TotalSeconds;
-        report.Save(config.OutputDir);
-        report.SavePlots(config.OutputDir);
+        report.TotalSeconds = clock.Elapsed.TotalSeconds + (earlierStages ?? []).Sum(s => s.Seconds);
+        report.Save(config.OutputDir); // report.json, report.md and the plots
         return report;
     }
 

@@ -100,7 +100,7 @@ public static class LoraAdapters
             ["use_dora"] = false,
             ["use_rslora"] = false,
         };
-        WriteTextAtomically(Path.Combine(dir, ConfigFile), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Path.Combine(dir, ConfigFile), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
     /// <summary>Reads adapter_config.json of a PEFT adapter folder.</summary>
@@ -177,12 +177,5 @@ public static class LoraAdapters
             }
         foreach (var (_, parameter) in model.named_parameters()) parameter.requires_grad = true;
         return merged;
-    }
-
-    internal static void WriteTextAtomically(string path, string text)
-    {
-        var temp = path + ".tmp-" + Guid.NewGuid().ToString("N");
-        File.WriteAllText(temp, text);
-        File.Move(temp, path, overwrite: true);
     }
 }

@@ -50,20 +50,6 @@ public sealed class ReferenceModel
         return new ReferenceModel(identity, description, load);
     }
 
-    /// <summary>An identity from the current weights of <paramref name="model"/> (SHA-256 over every parameter's bytes).</summary>
-    public static string WeightsIdentity(nn.Module model)
-    {
-        using var hash = new Hashing.Builder();
-        foreach (var (name, p) in model.named_parameters())
-        {
-            using var cpu = p.detach().to(ScalarType.Float32).cpu().contiguous();
-            hash.Add(name).Add(string.Join(",", p.shape));
-            var bytes = cpu.bytes.ToArray();
-            hash.Add(Hashing.Sha256Hex(bytes));
-        }
-        return hash.Hex();
-    }
-
     public CausalLM Load() => _load();
 }
 

@@ -103,7 +103,7 @@ public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
         json["torch_dtype"] = PretrainedModel.DTypeName(backbone.DType);
         if (PadTokenId is int padId) json["pad_token_id"] = padId;
         else if (json["pad_token_id"] is null && tokenizer is not null) json["pad_token_id"] = tokenizer.PadTokenId;
-        LoraAdapters.WriteTextAtomically(Path.Combine(dir, PretrainedModel.ConfigFile), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(dir, PretrainedModel.ConfigFile), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         if (tokenizer is HfTokenizer hf) hf.Save(dir);
     }
 

@@ -25,8 +25,6 @@ public sealed record TrainerState
     /// <summary>Fractional epoch (global step / steps per epoch), as transformers logs it.</summary>
     public double Epoch { get; init; }
     public long TokensSeen { get; init; }
-    /// <summary>State of the trainer's own C# random stream (LoRA dropout etc. use torch's generator, saved beside).</summary>
-    public ulong[] RandomState { get; init; } = Array.Empty<ulong>();
     /// <summary>A fingerprint of the settings that must not change across a resume (data size, batch size, schedule).</summary>
     public required string RunFingerprint { get; init; }
     /// <summary>The settings the fingerprint is made of, by name, so a refused resume can say which one differs.</summary>

@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Security.Cryptography;
-using System.Text;
 using TorchSharp;
 using WeakTeacher.Engine.Checkpoints;
 using WeakTeacher.Engine.Data;
@@ -9,88 +7,6 @@ using WeakTeacher.Engine.Pipeline;
 using static TorchSharp.torch;
 
 namespace WeakTeacher.Engine.Training;
-
-/// <summary>What a finished (or interrupted) <c>Train</c> call did.</summary>
-/// <param name="GlobalStep">Optimizer steps done in total (including those of a run it resumed).</param>
-/// <param name="TotalSteps">Steps the run is planned for.</param>
-/// <param name="Completed">False when it stopped early on cancellation (a checkpoint was written to resume from).</param>
-/// <param name="ResumedFromStep">The checkpoint step it resumed from, or null for a fresh run.</param>
-/// <param name="LogHistory">Every logged row ("step" plus the TRL metric names), resumed rows included.</param>
-/// <param name="LastCheckpoint">The last checkpoint folder written or resumed from.</param>
-/// <param name="ModelDir">Where the final model was saved (a Hugging Face checkpoint), or null when interrupted.</param>
-/// <param name="AdapterDir">Where the final LoRA adapter was saved (PEFT layout), or null.</param>
-public sealed record TrainResult(
-    int GlobalStep,
-    int TotalSteps,
-    bool Completed,
-    int? ResumedFromStep,
-    IReadOnlyList<IReadOnlyDictionary<string, double>> LogHistory,
-    string OutputDir,
-    string? LastCheckpoint,
-    string? ModelDir,
-    string? AdapterDir,
-    TimeSpan Elapsed)
-{
-    /// <summary>DPO: true when the reference log-probs came from the on-disk cache, false when computed; null for other trainers.</summary>
-    public bool? ReferenceLogProbsFromCache { get; init; }
-
-    /// <summary>The loss of the last logged step, or NaN.</summary>
-    public double FinalLoss => LogHistory.LastOrDefault(r => r.ContainsKey("loss")) is { } row ? row["loss"] : double.NaN;
-}
-
-/// <summary>Weighted sums of per-item metrics over one optimizer step (mean = sum / count per name).</summary>
-public sealed class MetricSums
-{
-    private readonly Dictionary<string, (double Sum, double Count)> _values = new(StringComparer.Ordinal);
-    private readonly List<string> _order = new();
-
-    public void Add(string name, double sum, double count)
-    {
-        if (!_values.TryGetValue(name, out var v)) { v = (0, 0); _order.Add(name); }
-        _values[name] = (v.Sum + sum, v.Count + count);
-    }
-
-    /// <summary>Adds every element of a 1-D tensor (one item each).</summary>
-    public void AddItems(string name, Tensor values)
-    {
-        using var cpu = values.detach().to(ScalarType.Float64).cpu();
-        Add(name, cpu.sum().item<double>(), values.numel());
-    }
-
-    public IEnumerable<(string Name, double Mean)> Means() =>
-        _order.Select(n => (n, _values[n].Count > 0 ? _values[n].Sum / _values[n].Count : double.NaN));
-}
-
-/// <summary>One prepared micro-batch of a trainer.</summary>
-internal sealed class MicroBatch(object payload, int[] exampleIndices, double normaliser, long tokens) : IDisposable
-{
-    public object Payload { get; } = payload;
-    public int[] ExampleIndices { get; } = exampleIndices;
-    /// <summary>Items the loss is averaged over (pairs for DPO / reward, response tokens for SFT).</summary>
-    public double Normaliser { get; } = normaliser;
-    /// <summary>Real tokens in the batch (tokens/s).</summary>
-    public long Tokens { get; } = tokens;
-    public void Dispose() => (Payload as IDisposable)?.Dispose();
-
-    /// <summary>The pairs at <paramref name="exampleIndices"/> collated on <paramref name="device"/>; the loss is averaged
-    /// over pairs (DPO and reward training).</summary>
-    public static MicroBatch OfPairs(TokenizedPair[] pairs, IReadOnlyList<int> exampleIndices, int padTokenId, Device device)
-    {
-        var rows = exampleIndices.Select(i => pairs[i]).ToList();
-        var batch = Collator.CollatePreferences(rows, padTokenId, device);
-        return new MicroBatch(batch, exampleIndices.ToArray(), rows.Count, rows.Sum(r => (long)r.ChosenLength + r.RejectedLength));
-    }
-}
-
-/// <summary>What the shared loop needs from a trainer.</summary>
-internal interface ITrainingTask
-{
-    string Stage { get; }
-    int ExampleCount { get; }
-    MicroBatch Prepare(IReadOnlyList<int> exampleIndices);
-    /// <summary>Forward and backward of (loss summed over the batch's items) * <paramref name="lossScale"/>; adds metrics to <paramref name="sums"/>.</summary>
-    void ForwardBackward(MicroBatch batch, double lossScale, MetricSums sums);
-}
 
 /// <summary>
 /// The optimisation loop every trainer shares (transformers' Trainer inner loop): seeded shuffling, gradient
@@ -159,6 +75,8 @@ internal static class TrainingLoop
         var windowClock = Stopwatch.StartNew();
         int lastSaved = resumedFrom ?? -1;
         bool interrupted = false;
+        string Save() => SaveCheckpoint(outputDir, task.Stage, fingerprint, settings, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
+            batcher, config, tokensSeen, history, trainable, optimizer);
 
         while (globalStep < totalSteps)
         {
@@ -220,19 +138,14 @@ internal static class TrainingLoop
             bool stopping = cancellationToken.IsCancellationRequested;
             if ((config.SaveSteps > 0 && globalStep % config.SaveSteps == 0) || last || stopping)
             {
-                lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, settings, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
-                    batcher, config, tokensSeen, history, trainable, optimizer);
+                lastCheckpoint = Save();
                 lastSaved = globalStep;
             }
             if (stopping && !last) { interrupted = true; break; }
         }
 
-        if (interrupted && lastSaved != globalStep && globalStep > 0)
-            lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, settings, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
-                batcher, config, tokensSeen, history, trainable, optimizer);
-        if (!interrupted && lastSaved != globalStep && globalStep > 0)
-            lastCheckpoint = SaveCheckpoint(outputDir, task.Stage, fingerprint, settings, globalStep, totalSteps, warmupSteps, stepsPerEpoch,
-                batcher, config, tokensSeen, history, trainable, optimizer);
+        // cancelled before a step began: the steps since the last checkpoint are saved (a finished run saved at its last step)
+        if (interrupted && lastSaved != globalStep && globalStep > 0) lastCheckpoint = Save();
         precision.End();
         model.eval();
         return new TrainResult(globalStep, totalSteps, !interrupted, resumedFrom, history, outputDir, lastCheckpoint, null, null, clock.Elapsed);
@@ -306,49 +219,5 @@ internal static class TrainingLoop
             if (!NotResultChanging.Contains(name.Split('.', '[')[0])) settings[name] = value;
         }
         return settings;
-    }
-}
-
-/// <summary>SHA-256 helpers for cache keys and run fingerprints.</summary>
-public static class Hashing
-{
-    public static string Sha256Hex(byte[] data) => Convert.ToHexStringLower(SHA256.HashData(data));
-
-    /// <summary>SHA-256 of a file's content.</summary>
-    public static string FileSha256(string path)
-    {
-        using var stream = File.OpenRead(path);
-        return Convert.ToHexStringLower(SHA256.HashData(stream));
-    }
-
-    /// <summary>An incremental SHA-256 over strings and integers (length-prefixed, so concatenations cannot collide).</summary>
-    public sealed class Builder : IDisposable
-    {
-        private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-
-        public Builder Add(string? text)
-        {
-            var bytes = text is null ? Array.Empty<byte>() : Encoding.UTF8.GetBytes(text);
-            Add(text is null ? -1 : bytes.Length);
-            _hash.AppendData(bytes);
-            return this;
-        }
-
-        public Builder Add(long value)
-        {
-            _hash.AppendData(BitConverter.GetBytes(value));
-            return this;
-        }
-
-        public Builder Add(IReadOnlyList<int> values)
-        {
-            Add(values.Count);
-            foreach (var v in values) _hash.AppendData(BitConverter.GetBytes(v));
-            return this;
-        }
-
-        public string Hex() => Convert.ToHexStringLower(_hash.GetHashAndReset());
-
-        public void Dispose() => _hash.Dispose();
     }
 }

@@ -1,4 +1,3 @@
-using System.Text.RegularExpressions;
 using TorchSharp;
 using TorchSharp.Modules;
 using WeakTeacher.CudaKernels;
@@ -8,8 +7,8 @@ using static TorchSharp.torch;
 namespace WeakTeacher.Engine.Training;
 
 /// <summary>
-/// AdamW over a model's trainable parameters (requires_grad), in two groups as transformers' Trainer builds them:
-/// weight decay for weights, none for biases and normalisation parameters. The learning rate is set per step by
+/// AdamW over a model's trainable parameters (requires_grad), in two groups: weight decay for matrices, none for
+/// vectors (biases and normalisation parameters), the groups transformers' Trainer builds for these models. The learning rate is set per step by
 /// <see cref="LearningRateSchedule"/>; gradients are clipped by total norm. The optimizer state (exp_avg,
 /// exp_avg_sq, step per parameter) is saved and restored by parameter name through safetensors.
 /// The step is the engine's own (torch.optim.AdamW's update, Loshchilov and Hutter 2019, algorithm 2, in the same
@@ -18,8 +17,6 @@ namespace WeakTeacher.Engine.Training;
 /// </summary>
 public sealed class TrainingOptimizer : IDisposable
 {
-    private static readonly Regex NoDecayName = new(@"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)|(?:^|\.)ln_", RegexOptions.Compiled);
-
     /// <summary>AdamW state of one parameter (torch.optim.AdamW's state["exp_avg"], ["exp_avg_sq"], ["step"]).</summary>
     private sealed class State(Tensor expAvg, Tensor expAvgSq)
     {
@@ -50,7 +47,7 @@ public sealed class TrainingOptimizer : IDisposable
     /// <summary>The optimised parameters, by name, in the optimizer's order.</summary>
     public IReadOnlyList<(string Name, Parameter Parameter)> Parameters => _parameters;
 
-    /// <summary>Names of the parameters without weight decay (biases, norms).</summary>
+    /// <summary>Names of the parameters without weight decay (those of rank below 2: biases, norms).</summary>
     public IReadOnlySet<string> NoDecayParameters { get; }
 
     /// <summary>AdamW over the trainable parameters of <paramref name="model"/>, or over <paramref name="parameters"/>
@@ -59,17 +56,12 @@ public sealed class TrainingOptimizer : IDisposable
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
-        var noDecayModules = model.named_modules()
-            .Where(m => m.module is LayerNorm || m.module.GetType().Name.Contains("Norm", StringComparison.Ordinal))
-            .Select(m => m.name + ".")
-            .ToList();
         var trainable = parameters?.Select(p => (name: p.Name, parameter: p.Parameter)).ToList()
             ?? model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
         if (trainable.Count == 0) throw new InvalidOperationException("the model has no trainable parameters (requires_grad is false everywhere)");
-        var noDecayNames = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var (name, _) in trainable)
-            if (NoDecayName.IsMatch(name.ToLowerInvariant()) || noDecayModules.Any(prefix => name.StartsWith(prefix, StringComparison.Ordinal)))
-                noDecayNames.Add(name);
+        // by rank, as nanoGPT groups them: matrices (projections, embeddings as in transformers, LoRA factors) decay,
+        // vectors (biases, norm scales and shifts) do not; no name or type patterns to keep in step with the models
+        var noDecayNames = trainable.Where(p => p.parameter.dim() < 2).Select(p => p.name).ToHashSet(StringComparer.Ordinal);
         // the optimizer's order: decay group first, then the no-decay group (state is keyed by name, not position)
         var ordered = new List<(string, Parameter)>();
         ordered.AddRange(trainable.Where(p => !noDecayNames.Contains(p.name)));

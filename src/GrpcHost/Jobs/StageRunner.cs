@@ -1,3 +1,4 @@
+using WeakTeacher.Engine;
 using Grpc.Core;
 using WeakTeacher.Engine.Pipeline;
 using JobKind = WeakTeacher.Grpc.V1.JobKind;
@@ -71,7 +72,7 @@ internal sealed class StageRunner(Catalog catalog)
             else if (File.Exists(path))
             {
                 var target = Path.Combine(catalog.Layout.JobArtifactsDir(job.Id), safe + Path.GetExtension(path));
-                if (!File.Exists(target)) DataLayout.WriteFileAtomically(target, File.ReadAllBytes(path));
+                if (!File.Exists(target)) AtomicFile.WriteAllBytes(target, File.ReadAllBytes(path));
                 entries.Add(new ArtifactEntry(name, (int)ArtifactKind.File, name));
             }
             else

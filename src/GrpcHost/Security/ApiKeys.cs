@@ -1,3 +1,4 @@
+using WeakTeacher.Engine;
 using System.Net;
 using System.Security.Cryptography;
 using System.Text;
@@ -26,7 +27,7 @@ internal sealed class ApiKeys
 
     public bool AnyKeys => configured.Length > 0 || store.ApiKeyHashes().Count > 0;
 
-    public static string Hash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
+    public static string Hash(string key) => Hashing.Sha256Hex(Encoding.UTF8.GetBytes(key));
 
     public static string NewKey() => "wt_" + Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)).TrimEnd('=').Replace('+', '-').Replace('/', '_');
 

@@ -1,3 +1,4 @@
+using WeakTeacher.Engine;
 using Grpc.Core;
 using WeakTeacher.Grpc.V1;
 using WeakTeacher.GrpcHost.Validation;
@@ -147,7 +148,7 @@ internal sealed partial class Catalog
                         current = null;
                         if (!string.IsNullOrEmpty(chunk.Sha256))
                         {
-                            var actual = DataLayout.Sha256Of(Path.Combine(staged, path.Replace('/', Path.DirectorySeparatorChar)));
+                            var actual = Hashing.FileSha256(Path.Combine(staged, path.Replace('/', Path.DirectorySeparatorChar)));
                             if (!string.Equals(actual, chunk.Sha256, StringComparison.OrdinalIgnoreCase))
                                 throw RequestErrors.Invalid("chunk.sha256", $"'{RequestErrors.Echo(path)}' arrived with SHA-256 {actual}, the client said {RequestErrors.Echo(chunk.Sha256)}");
                         }

@@ -1,3 +1,4 @@
+using WeakTeacher.Engine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Google.Protobuf.WellKnownTypes;
@@ -28,7 +29,7 @@ internal sealed partial class Catalog(DataLayout layout, Store store, ServiceOpt
         var stagedDir = Path.GetDirectoryName(stagedFile)!;
         var fileName = FileNameFor(encoding);
         var size = new FileInfo(stagedFile).Length;
-        var sha = DataLayout.Sha256Of(stagedFile);
+        var sha = Hashing.FileSha256(stagedFile);
         var dir = Path.Combine(stagedDir, "publish");
         Directory.CreateDirectory(dir);
         File.Move(stagedFile, Path.Combine(dir, fileName));
@@ -144,7 +145,7 @@ internal sealed partial class Catalog(DataLayout layout, Store store, ServiceOpt
     private static List<ModelFileEntry> ListFiles(string dir) =>
         Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories)
             .Select(f => new ModelFileEntry(Path.GetRelativePath(dir, f).Replace(Path.DirectorySeparatorChar, '/'),
-                new FileInfo(f).Length, DataLayout.Sha256Of(f)))
+                new FileInfo(f).Length, Hashing.FileSha256(f)))
             .OrderBy(f => f.Path, StringComparer.Ordinal)
             .ToList();
 

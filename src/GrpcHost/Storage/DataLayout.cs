@@ -92,25 +92,6 @@ internal sealed class DataLayout
         }
     }
 
-    /// <summary>Writes bytes to a temp file beside <paramref name="path"/>, flushes, then renames over it.</summary>
-    public static void WriteFileAtomically(string path, ReadOnlySpan<byte> content)
-    {
-        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-        var temp = path + ".tmp-" + Guid.NewGuid().ToString("N");
-        using (var output = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
-        {
-            output.Write(content);
-            output.Flush(flushToDisk: true);
-        }
-        File.Move(temp, path, overwrite: true);
-    }
-
-    public static string Sha256Of(string path)
-    {
-        using var stream = File.OpenRead(path);
-        return Convert.ToHexStringLower(SHA256.HashData(stream));
-    }
-
     public static long SizeOf(string dir) =>
         Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length);
 }

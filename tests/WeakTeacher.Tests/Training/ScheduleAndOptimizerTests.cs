@@ -73,6 +73,24 @@ public class OptimizerTests
         Assert.DoesNotContain(optimizer.NoDecayParameters, n => n.EndsWith("embed_tokens.weight"));
     }
 
+    [Theory]
+    [InlineData("opt")]
+    [InlineData("opt-350m-style")]
+    [InlineData("gpt2")]
+    [InlineData("llama")]
+    public void WeightDecayGroupsByRankAreTransformersGroupsForEveryFamily(string fixture)
+    {
+        using var model = WeakTeacher.Tests.Models.Fixtures.Load(fixture);
+        using var optimizer = TrainingOptimizer.Create(model, new SftConfig { WeightDecay = 0.1 });
+        // transformers' Trainer.get_decay_parameter_names: no decay for "bias" and for the parameters of norm layers
+        // (OPT/GPT-2 LayerNorm: layer_norm, ln_1/ln_2/ln_f; Llama RMSNorm: *_layernorm, norm)
+        var transformersNoDecay = model.named_parameters().Select(p => p.name)
+            .Where(n => n.EndsWith("bias", StringComparison.Ordinal) || n.Contains("norm", StringComparison.Ordinal) || n.Contains(".ln_", StringComparison.Ordinal))
+            .ToHashSet();
+        Assert.NotEmpty(transformersNoDecay);
+        Assert.Equal(transformersNoDecay.Order(), optimizer.NoDecayParameters.Order());
+    }
+
     [Fact]
     public void OnlyTrainableParametersAreOptimised()
     {
