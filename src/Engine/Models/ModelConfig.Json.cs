@@ -433,25 +433,3 @@ public sealed partial record ModelConfig
         }
     }
 }
-
-/// <summary>The FFN activations config.json names, as transformers' ACT2FN defines them.</summary>
-internal static class Activations
-{
-    private static readonly string[] Known = { "relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "silu", "swish" };
-
-    public static void Check(string name, string path)
-    {
-        if (!Known.Contains(name))
-            throw new CheckpointException(path, $"unsupported activation '{name}' (supported: {string.Join(", ", Known)})");
-    }
-
-    public static TorchSharp.torch.Tensor Apply(string name, TorchSharp.torch.Tensor x) => name switch
-    {
-        "relu" => TorchSharp.torch.nn.functional.relu(x),
-        "gelu" => TorchSharp.torch.nn.functional.gelu(x),
-        // gelu_new / gelu_pytorch_tanh / gelu_fast: the tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))
-        "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => TorchSharp.torch.nn.functional.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
-        "silu" or "swish" => TorchSharp.torch.nn.functional.silu(x),
-        _ => throw new NotSupportedException($"activation '{name}'"),
-    };
-}

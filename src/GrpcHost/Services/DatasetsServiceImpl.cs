@@ -41,23 +41,6 @@ internal sealed class DatasetsServiceImpl(Catalog catalog, Store store, ServiceO
         if (!Enum.IsDefined(metadata.Encoding)) throw RequestErrors.Invalid("metadata.encoding", $"unknown value {(int)metadata.Encoding}");
     }
 
-    /// <summary>The encoding the bytes show; a declared encoding (or a name ending .gz/.parquet) that disagrees is refused.</summary>
-    private static FileEncoding StartEncoding(DatasetMetadata metadata, byte[] head)
-    {
-        var sniffed = DatasetValidator.Sniff(head);
-        var declared = metadata.Encoding;
-        if (declared == FileEncoding.Unspecified)
-        {
-            if (metadata.Name.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase)) declared = FileEncoding.Parquet;
-            else if (metadata.Name.EndsWith(".gz", StringComparison.OrdinalIgnoreCase)) declared = FileEncoding.JsonlGz;
-        }
-        if (declared != FileEncoding.Unspecified && declared != sniffed)
-            throw RequestErrors.Invalid("metadata.encoding", $"declared {declared} but the data starts like {sniffed}");
-        if (sniffed == FileEncoding.Parquet && metadata.Format == DatasetFormat.Prompts)
-            throw RequestErrors.Invalid("metadata.format", "prompt files must be JSON lines");
-        return sniffed;
-    }
-
     public override async Task<Dataset> ImportDataset(ImportDatasetRequest request, ServerCallContext context)
     {
         if (string.IsNullOrEmpty(options.ImportDir))
