@@ -22,7 +22,10 @@ public sealed class DefaultTaskHost : IAsyncLifetime
             timeout: TimeSpan.FromMinutes(4));
     }
 
-    public async ValueTask DisposeAsync() => await Host.DisposeAsync();
+    public async ValueTask DisposeAsync()
+    {
+        if (Host is not null) await Host.DisposeAsync(); // null when the host did not start (that failure is reported)
+    }
 
     /// <summary>Skips (with the reason) where this build of the host has no engine pipeline stages.</summary>
     internal async Task RequireStagesAsync()
