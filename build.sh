@@ -21,10 +21,11 @@ node_deps() {
 }
 
 client_deps() {
-  # the Python and Go example clients the suite runs (examples/generate-stubs.sh, examples/python, examples/go):
-  # Debian's gRPC packages, installed only where one is missing (apt-get update first, once)
+  # the Python and Go example clients the suite runs (examples/generate-stubs.sh, examples/python, examples/go) and the
+  # PostgreSQL server the shared job-store test starts in a temporary folder (JobStoreReplicaTests):
+  # Debian's packages, installed only where one is missing (apt-get update first, once)
   local pkgs=(python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc
-              golang-go golang-google-grpc-dev golang-goprotobuf-dev) missing=() p
+              golang-go golang-google-grpc-dev golang-goprotobuf-dev postgresql) missing=() p
   command -v dpkg-query >/dev/null || { echo "build.sh: not a Debian system; install ${pkgs[*]} yourself or the client tests fail" >&2; return 0; }
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -34,6 +35,15 @@ client_deps() {
   [[ $(id -u) == 0 ]] || sudo=(sudo -n)
   echo "build.sh: installing ${missing[*]}" >&2
   "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+pg_user_for_tests() {
+  # initdb and postgres refuse to run as root: run as root, the PostgreSQL test starts them as WT_PG_USER (nobody,
+  # or a system user made here where there is no nobody)
+  [[ $(id -u) == 0 && -z ${WT_PG_USER:-} ]] || return 0
+  getent passwd nobody >/dev/null && return 0
+  getent passwd wt-postgres >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin wt-postgres
+  export WT_PG_USER=wt-postgres
 }
 
 nvrtc_for_tests() {
@@ -81,6 +91,7 @@ case "$cmd" in
     client_deps
     export WT_CLIENT_TESTS=required  # the Python/Go client tests fail rather than skip when their toolchain is missing
     nvrtc_for_tests
+    pg_user_for_tests
     dotnet build WeakTeacher.Native.sln -c $config -nologo -v minimal
     dotnet test --solution WeakTeacher.Native.sln -c $config --no-build "$@" ;;
   demo)

@@ -34,6 +34,7 @@ try
     try { builder.Configuration.Bind(options); }
     catch (InvalidOperationException e) { throw new ConfigurationException(e.Message); }
     if (options.Devices.Length == 0) options.Devices = ["cpu"];
+    options.JobStore.Check();
     // `keys hash|add|list|revoke`: with the host's configuration, so a key lands in the data folder the host reads.
     if (args.Length >= 1 && args[0] == "keys") return Keys.Run(args, options);
     listenUrls = ListenUrls(builder.Configuration);
@@ -46,7 +47,7 @@ try
         throw new ConfigurationException("MetricsUrl/HttpUrl: with Kestrel:Endpoints configured, add the HTTP/1.1 endpoints there (Protocols: Http1)");
     if (http1Urls.Length > 0) builder.WebHost.UseUrls([.. listenUrls, .. http1Urls]);
     layout = new DataLayout(options.DataDir);
-    store = new Store(layout.DatabasePath);
+    store = Store.Open(options, layout);
     apiKeys = new ApiKeys(options, store, keysRequired);
 }
 catch (Exception e) when (e is ConfigurationException or UriFormatException)
@@ -111,15 +112,17 @@ var logger = app.Services.GetRequiredService<ILogger<Program>>();
 // The kernels' once-per-process warnings (a float16 checkpoint on the reference path) as log events, not console lines.
 var kernelLogger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("WeakTeacher.Kernels");
 WeakTeacher.CudaKernels.KernelSettings.FallbackReporter = message => kernelLogger.LogWarning("{Message}", message);
-layout.CleanTemp();
+// With a shared store other hosts may be writing under tmp/ now: only what is too old to be in flight goes.
+layout.CleanTemp(store.Shared ? TimeSpan.FromDays(1) : TimeSpan.Zero);
 if (keysRequired && !apiKeys.AnyKeys)
 {
     logger.LogCritical("API keys are required (Auth:Require={Require}, listening on {Urls}) but none is configured; " +
         "add one with `keys add <name> --DataDir {DataDir}` or set Auth:ApiKeyHashes", options.Auth.Require, string.Join(", ", listenUrls), layout.Root);
     return 2;
 }
-logger.LogInformation("Data folder {DataDir}; devices {Devices}; API keys {Required}",
-    layout.Root, string.Join(", ", options.Devices), ApiKeys.Describe(keysRequired, options.Auth.Require));
+logger.LogInformation("Data folder {DataDir}; devices {Devices}; API keys {Required}; records in {Store} (host id {HostId})",
+    layout.Root, string.Join(", ", options.Devices), ApiKeys.Describe(keysRequired, options.Auth.Require), store.Description,
+    options.JobStore.ResolvedHostId);
 
 var metrics = app.Services.GetRequiredService<HostMetrics>();
 var jobs = app.Services.GetRequiredService<JobManager>();
@@ -129,8 +132,8 @@ if (options.DefaultTask)
     await DefaultTaskSetup.RunAsync(options, builder.Configuration["DefaultTaskSize"] ?? "Demo", layout,
         app.Services.GetRequiredService<Catalog>(), logger, app.Lifetime.ApplicationStopping);
 
-int recovered = jobs.Recover();
-if (recovered > 0) logger.LogInformation("Re-queued {Count} jobs interrupted by the last stop; they resume from their checkpoints", recovered);
+int waiting = jobs.Recover();
+if (waiting > 0) logger.LogInformation("{Count} jobs wait to run (queued, or interrupted by a stop: those resume from their checkpoints)", waiting);
 
 app.MapGrpcService<JobsServiceImpl>();
 app.MapGrpcService<DatasetsServiceImpl>();

@@ -28,6 +28,35 @@ public sealed class ServiceOptions
     public LimitOptions Limits { get; set; } = new();
     public AuthOptions Auth { get; set; } = new();
     public LabelingOptions Labeling { get; set; } = new();
+    public JobStoreOptions JobStore { get; set; } = new();
+}
+
+/// <summary>
+/// Where job (and dataset, model, key) records live. Unset: SQLite in the data folder, for one host. A PostgreSQL
+/// connection string: records shared by every host given the same string and the same data folder (a shared volume),
+/// each job run by one host at a time under a lease.
+/// </summary>
+public sealed class JobStoreOptions
+{
+    /// <summary>Npgsql connection string, e.g. "Host=db;Port=5432;Database=wt;Username=wt;Password=..." (WT_JobStore__PostgreSql).</summary>
+    public string? PostgreSql { get; set; }
+    /// <summary>This host's name in lease records; unset = machine name and process id. A host restarted under the same
+    /// id takes its jobs back at once instead of waiting for their leases to lapse.</summary>
+    public string? HostId { get; set; }
+    /// <summary>How long a job stays a host's without renewal (renewed every third of it); after that another host resumes it.</summary>
+    public double LeaseSeconds { get; set; } = 30;
+    /// <summary>How often an idle worker looks for jobs queued by other hosts, and a watch for changes made by them.</summary>
+    public int PollMilliseconds { get; set; } = 1000;
+
+    public TimeSpan Lease => TimeSpan.FromSeconds(LeaseSeconds);
+    public TimeSpan Poll => TimeSpan.FromMilliseconds(PollMilliseconds);
+    public string ResolvedHostId => string.IsNullOrWhiteSpace(HostId) ? $"{Environment.MachineName}-{Environment.ProcessId}" : HostId;
+
+    public void Check()
+    {
+        if (!(LeaseSeconds >= 1)) throw new ConfigurationException($"JobStore:LeaseSeconds: {LeaseSeconds} must be at least 1");
+        if (PollMilliseconds < 10) throw new ConfigurationException($"JobStore:PollMilliseconds: {PollMilliseconds} must be at least 10");
+    }
 }
 
 public sealed class LimitOptions

@@ -13,30 +13,39 @@ namespace WeakTeacher.GrpcHost.Jobs;
 internal sealed record ArtifactEntry(string Name, int Kind, string Id);
 
 /// <summary>
-/// The job queue (bounded: a start beyond Limits:QueueCapacity is refused), the cancellation handles of running jobs,
-/// and the fan-out of progress events to WatchJob streams. Records live in SQLite; this holds only what is in flight.
+/// The job queue (bounded: a start beyond Limits:QueueCapacity is refused), the cancellation handles of this host's
+/// running jobs, and the fan-out of progress events to WatchJob streams. The queue itself is the store's jobs table
+/// (workers claim from it, so with a shared store any host's worker may take a job queued at another); this holds
+/// only what is in flight here.
 /// </summary>
 internal sealed class JobManager
 {
-    private readonly Channel<string> queue = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleWriter = false });
     private readonly ConcurrentDictionary<string, CancellationTokenSource> running = new();
     private readonly ConcurrentDictionary<string, ConcurrentDictionary<Guid, Channel<JobEvent>>> watchers = new();
+    // Wakes an idle worker when a job is queued here; jobs queued at other hosts are found by polling.
+    private readonly SemaphoreSlim queued = new(0);
     private readonly Store store;
     private readonly ServiceOptions options;
-    private int pending;
 
     public JobManager(Store store, ServiceOptions options)
     {
         this.store = store;
         this.options = options;
+        HostId = options.JobStore.ResolvedHostId;
     }
+
+    /// <summary>This host's name in the jobs' lease records.</summary>
+    public string HostId { get; }
 
     public static readonly JsonFormatter Json = new(JsonFormatter.Settings.Default.WithFormatDefaultValues(false));
     public static readonly JsonParser Parser = new(JsonParser.Settings.Default.WithIgnoreUnknownFields(false));
 
-    public int QueueLength => Volatile.Read(ref pending);
+    public int QueueLength => store.CountJobs(JobState.Queued);
     public int RunningCount => running.Count;
-    public ChannelReader<string> Reader => queue.Reader;
+    public bool IsRunningHere(string id) => running.ContainsKey(id);
+
+    /// <summary>Waits until a job is queued at this host or the poll interval passed.</summary>
+    public Task WaitForWorkAsync(CancellationToken ct) => queued.WaitAsync(options.JobStore.Poll, ct);
 
     /// <summary>
     /// Records a job as queued and puts it on the queue, or refuses with RESOURCE_EXHAUSTED when the queue is full.
@@ -46,20 +55,15 @@ internal sealed class JobManager
     {
         var config = Json.Format(request);
         if (requestId.Length > 0 && store.JobByRequestId(requestId) is { } earlier) return (SameRequest(earlier, kind, config, requestId), false);
-        if (Interlocked.Increment(ref pending) > options.Limits.QueueCapacity)
+        if (store.CountJobs(JobState.Queued) >= options.Limits.QueueCapacity)
         {
-            Interlocked.Decrement(ref pending);
             throw new RpcException(new Status(StatusCode.ResourceExhausted,
                 $"job queue is full ({options.Limits.QueueCapacity} waiting, Limits:QueueCapacity); retry later"));
         }
         var record = new JobRecord(DataLayout.NewId("job"), (int)kind, (int)JobState.Queued, config, null, "[]", "{}",
             "", "", DateTimeOffset.UtcNow, null, null, 0);
-        if (store.InsertJob(record, requestId) is { } raced)
-        {
-            Interlocked.Decrement(ref pending);
-            return (SameRequest(raced, kind, config, requestId), false);
-        }
-        queue.Writer.TryWrite(record.Id);
+        if (store.InsertJob(record, requestId) is { } raced) return (SameRequest(raced, kind, config, requestId), false);
+        queued.Release();
         return (record, true);
     }
 
@@ -68,19 +72,12 @@ internal sealed class JobManager
             : throw new RpcException(new Status(StatusCode.AlreadyExists,
                 $"request_id: '{RequestErrors.Echo(requestId)}' was used by job {earlier.Id} for a different request; use a new request_id"));
 
-    /// <summary>Puts jobs found queued or running at start-up back on the queue (they resume from their checkpoints).</summary>
-    public int Recover()
-    {
-        var jobs = store.UnfinishedJobs((int)JobState.Queued, (int)JobState.Running);
-        foreach (var job in jobs)
-        {
-            Interlocked.Increment(ref pending);
-            queue.Writer.TryWrite(job.Id);
-        }
-        return jobs.Count;
-    }
-
-    public void Dequeued() => Interlocked.Decrement(ref pending);
+    /// <summary>
+    /// At start-up: frees the leases this host held before it stopped (the embedded store's are all this host's; a
+    /// shared store's, those under this host's id), so their jobs resume from their checkpoints now. Returns how many
+    /// jobs wait to run.
+    /// </summary>
+    public int Recover() => store.ReleaseLeases(store.Shared ? HostId : null);
 
     public CancellationTokenSource Started(string id, CancellationToken hostStopping)
     {
@@ -102,9 +99,14 @@ internal sealed class JobManager
         {
             PublishState(id, JobState.Cancelled, "cancelled before it started", "CANCELLED");
         }
-        else if (running.TryGetValue(id, out var cts))
+        else
         {
-            try { cts.Cancel(); } catch (ObjectDisposedException) { }
+            // Whichever host runs it sees the request at its next lease renewal; here at once.
+            store.RequestCancel(id);
+            if (running.TryGetValue(id, out var cts))
+            {
+                try { cts.Cancel(); } catch (ObjectDisposedException) { }
+            }
         }
         return ToProto(store.GetJob(id)!);
     }

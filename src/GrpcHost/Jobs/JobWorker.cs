@@ -9,42 +9,56 @@ using EngineProgress = WeakTeacher.Engine.Pipeline.JobProgress;
 namespace WeakTeacher.GrpcHost.Jobs;
 
 /// <summary>
-/// One worker per device: takes jobs off the queue one at a time (so GPU work is serialised), runs the stage in the
-/// job's work folder, registers its outputs and records the final state. A host shutdown leaves the job "running" in
-/// the database, so the next start resumes it from its last checkpoint.
+/// One worker per device: claims jobs from the store one at a time (so GPU work is serialised), runs the stage in the
+/// job's work folder, registers its outputs and records the final state. While a job runs the worker renews its lease;
+/// if the host dies the lease lapses and any host sharing the store claims the job again, resuming from its last
+/// checkpoint in the shared data folder. A host shutdown leaves the job "running" with its lease given up, so the next
+/// host to look (this one at its next start) resumes it.
 /// </summary>
 internal sealed partial class JobWorker(string device, JobManager jobs, Store store, StageRunner runner, DataLayout layout,
-    HostMetrics metrics, ILogger<JobWorker> logger) : BackgroundService
+    HostMetrics metrics, ServiceOptions options, ILogger<JobWorker> logger) : BackgroundService
 {
+    private TimeSpan Lease => options.JobStore.Lease;
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         await Task.Yield();
         try
         {
-            await foreach (var id in jobs.Reader.ReadAllAsync(stoppingToken))
+            while (!stoppingToken.IsCancellationRequested)
             {
-                jobs.Dequeued();
-                await RunOne(id, stoppingToken);
+                JobClaim? claim;
+                try { claim = store.ClaimJob(jobs.HostId, Lease, DateTimeOffset.UtcNow); }
+                catch (System.Data.Common.DbException e)
+                {
+                    logger.LogWarning("Job store unreachable, retrying: {Error}", e.Message);
+                    claim = null;
+                }
+                if (claim is null) await jobs.WaitForWorkAsync(stoppingToken);
+                else await RunOne(claim, stoppingToken);
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested) { }
     }
 
-    private async Task RunOne(string id, CancellationToken stoppingToken)
+    private async Task RunOne(JobClaim claim, CancellationToken stoppingToken)
     {
-        var job = store.GetJob(id);
-        if (job is null || job.State is not ((int)JobState.Queued or (int)JobState.Running)) return; // cancelled while queued
+        var job = claim.Job;
+        var id = job.Id;
         var kind = ((JobKind)job.Kind).ToString().ToLowerInvariant();
-        using var scope = logger.BeginScope(new Dictionary<string, object> { ["JobId"] = id, ["JobKind"] = kind, ["Device"] = device });
+        using var scope = logger.BeginScope(new Dictionary<string, object> { ["JobId"] = id, ["JobKind"] = kind, ["Device"] = device, ["Attempt"] = job.Attempts });
         var cts = jobs.Started(id, stoppingToken);
         var clock = Stopwatch.StartNew();
         var finalState = JobState.Failed;
+        var outcome = "failed";
+        var lease = new LeaseKeeper(store, id, job.Attempts, jobs.HostId, Lease, cts, logger);
+        if (claim.CancelRequested) cts.Cancel();
+        var renewing = lease.RunAsync();
         try
         {
-            bool resumed = job.State == (int)JobState.Running;
-            store.MarkJobStarted(id, (int)JobState.Running, DateTimeOffset.UtcNow);
             jobs.PublishState(id, JobState.Running);
-            logger.LogInformation(resumed ? "Job resumed (attempt {Attempt})" : "Job started (attempt {Attempt})", job.Attempts + 1);
+            logger.LogInformation(job.Attempts > 1 ? "Job resumed (attempt {Attempt}) by {Host}" : "Job started (attempt {Attempt}) by {Host}",
+                job.Attempts, jobs.HostId);
             var workDir = layout.JobWorkDir(id);
             var progress = new ProgressSink(id, kind, jobs, store, metrics, new ProgressLog(logger));
             // Stages are CPU/GPU-bound and synchronous inside; keep them off the request threads.
@@ -52,41 +66,114 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
             progress.Flush();
             var artifacts = await Task.Run(() => runner.Register(job, output, workDir, OutputName(job)), CancellationToken.None);
             if (store.FinishJob(id, (int)JobState.Succeeded, [(int)JobState.Running], JsonSerializer.Serialize(artifacts),
-                    JsonSerializer.Serialize(output.Metrics), "", "", DateTimeOffset.UtcNow))
+                    JsonSerializer.Serialize(output.Metrics), "", "", DateTimeOffset.UtcNow, (jobs.HostId, job.Attempts)))
             {
                 finalState = JobState.Succeeded;
+                outcome = "succeeded";
                 jobs.PublishState(id, JobState.Succeeded);
                 logger.LogInformation("Job succeeded in {Seconds:F1}s with {Artifacts} artifacts", clock.Elapsed.TotalSeconds, artifacts.Count);
+            }
+            else
+            {
+                finalState = JobState.Running;
+                outcome = "lease lost";
+                logger.LogWarning("Job finished here but its lease was lost meanwhile; the record is left to the host that holds it");
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
             finalState = JobState.Running;
-            logger.LogWarning("Host stopping: job left running, it resumes from its checkpoint at the next start");
+            outcome = "host stopped";
+            Try(() => store.ReleaseLeases(jobs.HostId, id));
+            logger.LogWarning("Host stopping: job left running, it resumes from its checkpoint at the next start (or on another host)");
+        }
+        catch (OperationCanceledException) when (lease.Lost)
+        {
+            finalState = JobState.Running;
+            outcome = "lease lost";
+            logger.LogWarning("Job stopped: its lease could not be renewed, so another host may run it now");
         }
         catch (OperationCanceledException) when (cts.IsCancellationRequested)
         {
             finalState = JobState.Cancelled;
-            Finish(id, JobState.Cancelled, "cancelled by a client", "CANCELLED");
+            outcome = "cancelled";
+            Finish(id, job.Attempts, JobState.Cancelled, "cancelled by a client", "CANCELLED");
             logger.LogInformation("Job cancelled");
         }
         catch (Exception e)
         {
             var (code, message) = Classify(e);
-            Finish(id, JobState.Failed, message, ToCodeName(code));
+            Finish(id, job.Attempts, JobState.Failed, message, ToCodeName(code));
             if (code == StatusCode.ResourceExhausted) logger.LogError(e, "Job failed: device out of memory");
             else logger.LogError(e, "Job failed: {Error}", message);
         }
         finally
         {
+            lease.Stop();
+            await renewing;
+            Try(() => store.EndAttempt(id, job.Attempts, outcome));
             jobs.Ended(id);
             if (finalState != JobState.Running) metrics.JobFinished(kind, finalState.ToString().ToLowerInvariant(), clock.Elapsed);
         }
     }
 
-    private void Finish(string id, JobState state, string error, string code)
+    private void Try(Action write)
     {
-        if (store.FinishJob(id, (int)state, [(int)JobState.Running], "[]", "{}", error, code, DateTimeOffset.UtcNow))
+        try { write(); }
+        catch (System.Data.Common.DbException e) { logger.LogWarning("Job store write failed: {Error}", e.Message); }
+    }
+
+    /// <summary>
+    /// Renews a running job's lease every third of its length. A client's cancel (from any host) cancels the run; so
+    /// does a lease that could not be renewed, before it lapses, so that a host cut off from the store stops before
+    /// another host may claim the job.
+    /// </summary>
+    private sealed class LeaseKeeper(Store store, string id, int attempt, string owner, TimeSpan lease, CancellationTokenSource run, ILogger logger)
+    {
+        private readonly CancellationTokenSource stop = new();
+        private volatile bool lost;
+        public bool Lost => lost;
+
+        public void Stop() => stop.Cancel();
+
+        public async Task RunAsync()
+        {
+            var renewed = Stopwatch.StartNew();
+            try
+            {
+                while (true)
+                {
+                    await Task.Delay(lease / 3, stop.Token);
+                    LeaseState state;
+                    try { state = store.RenewLease(id, attempt, owner, lease); }
+                    catch (System.Data.Common.DbException e)
+                    {
+                        logger.LogWarning("Lease renewal failed: {Error}", e.Message);
+                        if (renewed.Elapsed < lease * 2 / 3) continue;
+                        state = LeaseState.Lost;
+                    }
+                    if (state == LeaseState.Lost)
+                    {
+                        lost = true;
+                        Cancel();
+                        return;
+                    }
+                    renewed.Restart();
+                    if (state == LeaseState.CancelRequested) Cancel();
+                }
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
+        }
+
+        private void Cancel()
+        {
+            try { run.Cancel(); } catch (ObjectDisposedException) { }
+        }
+    }
+
+    private void Finish(string id, int attempt, JobState state, string error, string code)
+    {
+        if (store.FinishJob(id, (int)state, [(int)JobState.Running], "[]", "{}", error, code, DateTimeOffset.UtcNow, (jobs.HostId, attempt)))
             jobs.PublishState(id, state, error, code);
     }
 

@@ -48,7 +48,7 @@ internal static class Keys
     private static (DataLayout Layout, Store Store) Open(ServiceOptions options)
     {
         var layout = new DataLayout(options.DataDir);
-        return (layout, new Store(layout.DatabasePath));
+        return (layout, Store.Open(options, layout));
     }
 
     private static int Add(string name, (DataLayout Layout, Store Store) db)

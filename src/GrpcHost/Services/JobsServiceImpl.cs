@@ -81,10 +81,48 @@ internal sealed class JobsServiceImpl(JobManager jobs, Store store, Catalog cata
                 JobId = id, Time = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(DateTimeOffset.UtcNow), Snapshot = snapshot,
             }, context.CancellationToken);
             if (IsFinal(snapshot.State)) return;
-            await foreach (var e in events.ReadAllAsync(context.CancellationToken))
+            var state = snapshot.State;
+            var progress = Get(id).ProgressJson;
+            while (true)
             {
-                await responseStream.WriteAsync(e, context.CancellationToken);
-                if (e.EventCase == JobEvent.EventOneofCase.StateChange && IsFinal(e.StateChange.State)) return;
+                JobEvent? e = null;
+                using (var tick = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken))
+                {
+                    tick.CancelAfter(options.JobStore.Poll);
+                    try { e = await events.ReadAsync(tick.Token); }
+                    catch (OperationCanceledException) when (!context.CancellationToken.IsCancellationRequested) { }
+                }
+                if (e is not null)
+                {
+                    if (e.EventCase == JobEvent.EventOneofCase.StateChange)
+                    {
+                        if (e.StateChange.State == state) continue; // already sent from the store
+                        state = e.StateChange.State;
+                    }
+                    await responseStream.WriteAsync(e, context.CancellationToken);
+                    if (IsFinal(state)) return;
+                    continue;
+                }
+                // Nothing from this host for a poll interval: with a shared store the job may run on another host, so
+                // send what the store says changed (its progress only when it does not run here, whose events came above).
+                var record = Get(id);
+                var now = DateTimeOffset.UtcNow;
+                if (record.ProgressJson is { } p && p != progress && !jobs.IsRunningHere(id))
+                    await responseStream.WriteAsync(new JobEvent
+                    {
+                        JobId = id, Time = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(now), Progress = JobProgress.Parser.ParseJson(p),
+                    }, context.CancellationToken);
+                progress = record.ProgressJson;
+                if ((JobState)record.State != state)
+                {
+                    state = (JobState)record.State;
+                    await responseStream.WriteAsync(new JobEvent
+                    {
+                        JobId = id, Time = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(now),
+                        StateChange = new JobStateChange { State = state, Error = record.Error, ErrorCode = record.ErrorCode },
+                    }, context.CancellationToken);
+                    if (IsFinal(state)) return;
+                }
             }
         }
         finally

@@ -35,11 +35,14 @@ internal sealed class DataLayout
         return dir;
     }
 
-    /// <summary>Temp folders left by uploads or registrations that a crash interrupted.</summary>
-    public void CleanTemp()
+    /// <summary>Temp folders left by uploads or registrations that a crash interrupted (untouched for <paramref name="olderThan"/>).</summary>
+    public void CleanTemp(TimeSpan olderThan)
     {
-        foreach (var dir in Directory.EnumerateDirectories(TmpDir)) TryDelete(dir);
-        foreach (var file in Directory.EnumerateFiles(TmpDir)) File.Delete(file);
+        var before = DateTime.UtcNow - olderThan;
+        foreach (var dir in Directory.EnumerateDirectories(TmpDir))
+            if (Directory.GetLastWriteTimeUtc(dir) <= before) TryDelete(dir);
+        foreach (var file in Directory.EnumerateFiles(TmpDir))
+            if (File.GetLastWriteTimeUtc(file) <= before) File.Delete(file);
     }
 
     public static string NewId(string prefix) => $"{prefix}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}";

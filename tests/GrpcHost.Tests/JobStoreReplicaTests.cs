@@ -1,0 +1,136 @@
+using Grpc.Core;
+using Npgsql;
+using WeakTeacher.Grpc.V1;
+using Xunit;
+
+namespace WeakTeacher.GrpcHost.Tests;
+
+/// <summary>
+/// Host replicas on one PostgreSQL job store (issue 16 point 2): three host processes share a real PostgreSQL (started
+/// here in a temporary folder) and one data folder; the host running a training job is killed with SIGKILL in the middle
+/// of its DPO stage; another host claims the job when its lease lapses and resumes it from the last checkpoint.
+/// </summary>
+[Collection("default-task")]
+public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
+{
+    [Fact]
+    public async Task Three_hosts_share_a_postgresql_job_store_and_a_killed_hosts_job_is_finished_by_another_with_the_same_weights()
+    {
+        await shared.RequireStagesAsync();
+        var bin = PostgreSqlServer.FindBinaries();
+        if (bin is null) Assert.Skip("PostgreSQL's server programs are not installed (/usr/lib/postgresql/N/bin; ./build.sh test installs Debian's postgresql)");
+        const int steps = 12, saveSteps = 4;
+        var ct = TestContext.Current.CancellationToken;
+        // Bit-exact comparison of CPU runs needs a fixed threading (see the single-host kill test in PipelineTests).
+        var singleThreaded = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["MKL_DYNAMIC"] = "FALSE" };
+        var importDir = shared.TaskDir;
+        var request = (string model, string data) => PipelineTests.TeacherRequest(model, data, steps, saveSteps);
+
+        // The reference: one host on its own embedded store, running beside the replicas (single-threaded, so the
+        // machine's load does not change its numbers).
+        var reference = Task.Run(async () =>
+        {
+            await using var single = await HostProcess.StartAsync(HostProcess.NewDataDir(), ["--ImportDir", importDir], environment: singleThreaded);
+            var (model, data) = await Import(single);
+            var jobs = new JobsService.JobsServiceClient(single.Channel);
+            var job = await PipelineTests.WaitForEnd(jobs, (await jobs.TrainAsync(request(model, data))).JobId);
+            Assert.True(job.State == JobState.Succeeded, $"reference run: {job.State} {job.Error}");
+            return await Client.DownloadModel(single.Channel, job.Artifacts.Single(a => a.Name == "policy").Id);
+        }, ct);
+
+        await using var database = await PostgreSqlServer.StartAsync(bin);
+        var dataDir = HostProcess.NewDataDir();
+        string[] Args(int i) => ["--ImportDir", importDir, "--JobStore:PostgreSql", database.ConnectionString, "--JobStore:HostId", $"replica-{i}",
+            "--JobStore:LeaseSeconds", "3", "--JobStore:PollMilliseconds", "200"];
+        var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(i => HostProcess.StartAsync(dataDir, Args(i), environment: singleThreaded)));
+        try
+        {
+            // Imported through one host, started through another, watched from the store.
+            var (baseModel, labelled) = await Import(hosts[0]);
+            var jobId = (await new JobsService.JobsServiceClient(hosts[1].Channel).TrainAsync(request(baseModel, labelled))).JobId;
+            await using var connection = new NpgsqlConnection(database.ConnectionString);
+            await connection.OpenAsync(ct);
+
+            // Past a checkpoint of the DPO stage, kill -9 the host that holds the job.
+            string owner;
+            var deadline = DateTime.UtcNow.AddMinutes(3);
+            while (true)
+            {
+                var job = await new JobsService.JobsServiceClient(hosts[2].Channel).GetJobAsync(new GetJobRequest { JobId = jobId });
+                Assert.False(job.State is JobState.Succeeded or JobState.Failed, $"the job ended before it could be killed: {job}");
+                if (job.State == JobState.Running && job.Progress is { } p && p.Stage.Contains("dpo") && p.Step >= saveSteps + 2)
+                {
+                    owner = (string)(await Scalar(connection, "SELECT owner FROM jobs WHERE id=@v", jobId))!;
+                    break;
+                }
+                Assert.True(DateTime.UtcNow < deadline, $"the job did not reach DPO step {saveSteps + 2} in 3 minutes: {job}");
+                await Task.Delay(100, ct);
+            }
+            var killed = Array.FindIndex(Enumerable.Range(0, 3).Select(i => $"replica-{i}").ToArray(), h => h == owner);
+            Assert.True(killed >= 0, $"owner '{owner}' is none of the replicas");
+            hosts[killed].Kill();
+            var survivor = hosts[(killed + 1) % 3];
+
+            // Another replica claims it when the lease lapses and finishes it; the result is a single host's.
+            Job finished;
+            try { finished = await PipelineTests.WaitForEnd(new JobsService.JobsServiceClient(survivor.Channel), jobId, TimeSpan.FromMinutes(3)); }
+            catch (RpcException e) { throw new Xunit.Sdk.XunitException($"waiting for the job on a survivor: {e.Status}\n{Logs(hosts)}"); }
+            Assert.True(finished.State == JobState.Succeeded, $"{finished.State} {finished.Error}\n{Logs(hosts)}");
+            Assert.True(finished.Attempts >= 2, $"attempts {finished.Attempts}");
+
+            // The attempt records: the killed host's attempt never ended, a surviving host's succeeded, and no attempt
+            // started before the one before it had ended or its lease (as last renewed) had lapsed.
+            var attempts = new List<(int Attempt, string Owner, long Started, long LeaseExpires, long? Ended, string Outcome)>();
+            await using (var command = new NpgsqlCommand(
+                "SELECT attempt, owner, started_ms, lease_expires_ms, ended_ms, outcome FROM job_attempts WHERE job_id=@id ORDER BY attempt", connection))
+            {
+                command.Parameters.AddWithValue("id", jobId);
+                await using var reader = await command.ExecuteReaderAsync(ct);
+                while (await reader.ReadAsync(ct))
+                    attempts.Add((reader.GetInt32(0), reader.GetString(1), reader.GetInt64(2), reader.GetInt64(3),
+                        reader.IsDBNull(4) ? null : reader.GetInt64(4), reader.GetString(5)));
+            }
+            var described = string.Join("\n", attempts);
+            Assert.Equal(finished.Attempts, attempts.Count);
+            Assert.Equal(Enumerable.Range(1, attempts.Count), attempts.Select(a => a.Attempt));
+            var died = attempts.Single(a => a.Owner == owner && a.Ended is null);
+            Assert.True(died.Outcome == "", described);
+            Assert.True(attempts[^1].Owner != owner && attempts[^1].Outcome == "succeeded", described);
+            for (int i = 1; i < attempts.Count; i++)
+            {
+                var before = attempts[i - 1];
+                var freeFrom = before.Ended ?? before.LeaseExpires;
+                Assert.True(attempts[i].Started >= freeFrom, $"attempt {attempts[i].Attempt} started while attempt {before.Attempt} held the job:\n{described}");
+            }
+            Assert.Equal(0L, (long)(await Scalar(connection, "SELECT COUNT(*) FROM job_attempts WHERE ended_ms IS NULL AND owner <> @v", owner))!);
+
+            var replicated = await Client.DownloadModel(survivor.Channel, finished.Artifacts.Single(a => a.Name == "policy").Id);
+            var single = await reference;
+            var weights = single.Keys.Where(k => k.EndsWith(".safetensors")).ToList();
+            Assert.NotEmpty(weights);
+            foreach (var file in weights)
+                Assert.True(single[file].AsSpan().SequenceEqual(replicated[file]), $"{file} differs between the replicas' run and a single host's");
+        }
+        finally
+        {
+            foreach (var host in hosts) await host.DisposeAsync();
+        }
+    }
+
+    private static async Task<(string Model, string Data)> Import(HostProcess host)
+    {
+        var model = await new ModelsService.ModelsServiceClient(host.Channel).ImportModelAsync(new ImportModelRequest { Path = "teacher-base" });
+        var data = await new DatasetsService.DatasetsServiceClient(host.Channel).ImportDatasetAsync(new ImportDatasetRequest { Path = "data/labelled.jsonl" });
+        return (model.Id, data.Id);
+    }
+
+    private static async Task<object?> Scalar(NpgsqlConnection connection, string sql, string value)
+    {
+        await using var command = new NpgsqlCommand(sql, connection);
+        command.Parameters.AddWithValue("v", value);
+        return await command.ExecuteScalarAsync();
+    }
+
+    private static string Logs(IEnumerable<HostProcess> hosts) =>
+        string.Join("\n", hosts.Select((h, i) => $"--- replica-{i}:\n{PipelineTests.Tail(h.Log)}"));
+}
