@@ -113,11 +113,14 @@ case "$cmd" in
     out=${OUT:-$(mktemp -d)}
     WT_DRY_RUN=1 OUT=$out WT_DEVICE_WORK=$(mktemp -d) bash benchmarks/device/gpu-checks.sh
     # the set-up ran, every step left a row, the kernel tests passed on the CPU, the logs are in $OUT
-    for s in info kernels fixtures parity-cpu kernelbench modelbench torch-baseline; do
+    for s in info kernels fixtures parity-cpu engine-dpo torch-baseline kernelbench modelbench; do
       grep -q "^$s " "$out/summary.txt" || { echo "device-dry-run: no summary row for $s in $out/summary.txt" >&2; exit 1; }
     done
     grep -Eq '^kernels +[|] +0 [|]' "$out/summary.txt" || { echo "device-dry-run: the kernels step failed (see $out/steps.log)" >&2; exit 1; }
     grep -q '^== kernels' "$out/steps.log" || { echo "device-dry-run: no kernels log in $out/steps.log" >&2; exit 1; }
+    # the engine's DPO table and the baseline's ran to the end (same format, so one table shows both)
+    grep -Eq '^engine-dpo +[|] +0 [|]' "$out/summary.txt" || { echo "device-dry-run: the engine-dpo step failed (see $out/steps.log)" >&2; exit 1; }
+    grep -q 'dpo step (precomputed reference)' "$out/engine-dpo-cpu.md" || { echo "device-dry-run: no engine DPO table in $out" >&2; exit 1; }
     echo "device-dry-run: passed; logs in $out" ;;
   *)
     echo "usage: ./build.sh test|demo|experiments|bench|serve|build|device-dry-run" >&2; exit 2 ;;

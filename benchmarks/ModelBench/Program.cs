@@ -1,7 +1,9 @@
 // Model throughput benchmark: an OPT-125M-sized model with random weights; forward tokens/s and greedy
-// generation new tokens/s (KV cache). Usage:
+// generation new tokens/s (KV cache). With --suite dpo: the engine doing benchmarks/torch_baseline.py's work (DPO step
+// with and without the reference forward, per-stage breakdown, labelling, generation; OPT-125M and OPT-1.3B configs,
+// 16 pairs x 512 tokens) in the baseline's table format (DpoBench.cs). Usage:
 //   dotnet ModelBench.dll [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path]
-//                         [--threads N] [--torch-lib DIR]
+//                         [--threads N] [--torch-lib DIR] [--suite model|dpo] [--models opt-125m,opt-1.3b]
 // Writes a markdown report to benchmarks/results/model-<device>-<date>.md (or --out).
 using System.Diagnostics;
 using System.Globalization;
@@ -35,6 +37,19 @@ catch (ArgumentException e)
 }
 Seeds.Set(20261127);
 bool gpu = device.type == DeviceType.CUDA;
+if (settings.Suite == "dpo")
+{
+    var precision = settings.ScalarType == ScalarType.BFloat16 ? WeakTeacher.Engine.Training.TrainingPrecision.Bf16 : WeakTeacher.Engine.Training.TrainingPrecision.Fp32;
+    var clock = Stopwatch.StartNew();
+    string table = DpoBench.Run(settings.Models, device, precision, settings.Quick, Console.WriteLine);
+    string dpoOut = settings.Out ?? Report.DefaultPath(device, settings.DType).Replace("model-", "engine-dpo-", StringComparison.Ordinal);
+    Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(dpoOut))!);
+    File.WriteAllText(dpoOut, $"# ModelBench --suite dpo\n\n- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC\n- Command: `dotnet ModelBench.dll {string.Join(' ', args)}`\n" +
+        $"- Total wall time: {clock.Elapsed.TotalSeconds:F0} s\n\n{table}");
+    Console.WriteLine(table);
+    Console.WriteLine($"wrote {dpoOut} ({clock.Elapsed.TotalSeconds:F0} s)");
+    return 0;
+}
 
 var config = new ModelConfig
 {
@@ -141,11 +156,13 @@ internal sealed record ResultRow(string Name, string Shape, double[] Seconds, do
         $"{Name,-28} {Shape,-18} median {Median * 1000,10:F1} ms  {Throughput,12:F0} {Unit}  (runs: {string.Join(", ", Seconds.Select(t => (t * 1000).ToString("F0", CultureInfo.InvariantCulture)))} ms)");
 }
 
-internal sealed record BenchSettings(string? Device, string DType, ScalarType ScalarType, bool Quick, string? Out, int? Threads, string? TorchLib)
+internal sealed record BenchSettings(string? Device, string DType, ScalarType ScalarType, bool Quick, string? Out, int? Threads, string? TorchLib,
+    string Suite, string[] Models)
 {
     public static BenchSettings? Parse(string[] args)
     {
         string? device = null, dtype = "float32", outPath = null, torchLib = null;
+        string suite = "model", models = "opt-125m,opt-1.3b";
         int? threads = null;
         bool quick = false;
         for (int i = 0; i < args.Length; i++)
@@ -161,6 +178,8 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
                     case "--out": outPath = Value(); break;
                     case "--threads": threads = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--torch-lib": torchLib = Value(); break;
+                    case "--suite": suite = Value() is "model" or "dpo" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model or dpo"); break;
+                    case "--models": models = Value(); break;
                     case "-h" or "--help": Usage(); return null;
                     default: throw new ArgumentException($"unknown argument '{args[i]}'");
                 }
@@ -183,11 +202,17 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
             Console.Error.WriteLine($"ModelBench: --dtype '{dtype}' is not float32 or bfloat16");
             return null;
         }
-        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib);
+        var names = models.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        foreach (var name in names)
+        {
+            try { DpoBench.Config(name); }
+            catch (ArgumentException e) { Console.Error.WriteLine($"ModelBench: --models: {e.Message}"); return null; }
+        }
+        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib, suite, names);
     }
 
     private static void Usage() => Console.Error.WriteLine(
-        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR]");
+        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo] [--models opt-125m,opt-1.3b]");
 }
 
 internal static class Report

@@ -1,0 +1,209 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using TorchSharp;
+using WeakTeacher.CudaKernels;
+using WeakTeacher.CudaKernels.Memory;
+using WeakTeacher.Engine.Data;
+using WeakTeacher.Engine.Generation;
+using WeakTeacher.Engine.LogProbs;
+using WeakTeacher.Engine.Models;
+using WeakTeacher.Engine.Runtime;
+using WeakTeacher.Engine.Training;
+using static TorchSharp.torch;
+using Generator = WeakTeacher.Engine.Generation.Generator;
+
+/// <summary>
+/// The engine doing the work of benchmarks/torch_baseline.py, in its table format (| model | workload | shape | ms/step |
+/// throughput | peak MiB |), so one table shows both: a full fine-tuning DPO step (sigmoid loss, AdamW, grad clipping)
+/// with the reference forward and with precomputed reference log-probs, labelling (teacher + reference, no grad) and
+/// greedy generation with the KV cache, for OPT-125M and OPT-1.3B configs with random weights at 16 pairs x 512 tokens
+/// (prompt 256, responses 256). The step is the trainers' own path: ResponseLogProbs over the batch's host-side rows,
+/// <see cref="MixedPrecision"/> when the dtype is bfloat16 (float32 masters and AdamW state), TrainingOptimizer.
+/// A second, instrumented run of the precomputed-reference step synchronises after each stage for the breakdown:
+/// forward (the transformer), head + log-probs (fused head, loss), backward, optimizer (clip, AdamW, masters to the model).
+/// </summary>
+internal static class DpoBench
+{
+    private static readonly Dictionary<string, (int Hidden, int Layers, int Heads, int Ffn)> Sizes = new()
+    {
+        ["opt-125m"] = (768, 12, 12, 3072),
+        ["opt-1.3b"] = (2048, 24, 32, 8192),
+    };
+
+    public static ModelConfig Config(string name)
+    {
+        if (!Sizes.TryGetValue(name, out var s)) throw new ArgumentException($"unknown model '{name}' (known: {string.Join(", ", Sizes.Keys)})");
+        return new ModelConfig
+        {
+            Family = ModelFamily.Opt, ModelType = "opt", VocabSize = 50272, HiddenSize = s.Hidden, NumHiddenLayers = s.Layers,
+            NumAttentionHeads = s.Heads, IntermediateSize = s.Ffn, MaxPositionEmbeddings = 2048, WordEmbedProjDim = s.Hidden,
+            DoLayerNormBefore = true, HiddenAct = "relu", BosTokenId = 2, EosTokenIds = [2], PadTokenId = 1, TieWordEmbeddings = true,
+            // as the baseline: no dropout, so both do the same arithmetic
+            ResidDropout = 0, AttentionDropout = 0, EmbeddingDropout = 0,
+        };
+    }
+
+    public static string Run(IReadOnlyList<string> models, Device device, TrainingPrecision precision, bool quick, Action<string> log)
+    {
+        (int pairs, int length, int newTokens, int warm, int iters) = quick ? (2, 32, 4, 1, 1) : (16, 512, 64, 2, 5);
+        var rows = new List<string> { "| model | workload | shape | ms/step | throughput | peak MiB |", "| --- | --- | --- | --- | --- | --- |" };
+        string shape = $"{pairs} pairs x {length}";
+        // --quick (the device script's dry run on the CPU) checks the code path, not the numbers: one small OPT of the
+        // full vocabulary (2 layers, hidden 128), so the step fits its 60 s on two busy cores even in bfloat16
+        foreach (var name in quick ? ["opt-tiny"] : models)
+        {
+            var config = quick
+                ? Config("opt-125m") with { HiddenSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 2, IntermediateSize = 512, WordEmbedProjDim = 128 }
+                : Config(name);
+            using var policy = CausalLMFactory.Create(config, device, ScalarType.Float32, seed: 1);
+            using var reference = CausalLMFactory.Create(config, device, precision.ComputeType(), seed: 2);
+            void Record(string workload, double ms, string throughput)
+            {
+                // TorchSharp has no CUDA memory statistics: the column stays n/a (the baseline's has torch's)
+                string row = string.Create(CultureInfo.InvariantCulture, $"| {name} (engine) | {workload} | {shape} | {ms:F1} | {throughput} | n/a |");
+                rows.Add(row);
+                log(row);
+            }
+
+            var generator = new torch.Generator(7);
+            var tokenized = Enumerable.Range(0, pairs).Select(_ => new TokenizedPair(Random(length / 2, generator), Random(length - length / 2, generator),
+                Random(length - length / 2, generator))).ToArray();
+            using var batch = Collator.CollatePreferences(tokenized, config.PadTokenId!.Value, device);
+            var trainConfig = new DpoConfig { Precision = precision, LearningRate = 1e-6, Lora = null };
+            policy.train();
+            using var mixed = MixedPrecision.Begin(policy, precision);
+            using var optimizer = TrainingOptimizer.Create(policy, trainConfig, mixed.Trainable);
+            Tensor precomputed;
+            using (no_grad()) precomputed = ResponseLogProbs.Compute(reference, batch).detach();
+
+            void Step(bool withReference)
+            {
+                using var scope = NewDisposeScope();
+                Tensor referenceLogps;
+                using (no_grad()) referenceLogps = withReference ? ResponseLogProbs.Compute(reference, batch) : precomputed;
+                using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
+                var loss = Loss(logps.SequenceLogps, referenceLogps, pairs, trainConfig);
+                loss.backward();
+                mixed.AccumulateGradients();
+                optimizer.ClipGradients(trainConfig.MaxGradNorm);
+                optimizer.Step();
+                mixed.CopyToModel();
+                optimizer.ZeroGrad();
+            }
+            long tokens = 2L * pairs * length;
+            double ms = Timed(() => Step(true), device, warm, iters);
+            Record("dpo step (policy + reference)", ms, $"{tokens / ms * 1000:F0} tok/s");
+            ms = Timed(() => Step(false), device, warm, iters);
+            Record("dpo step (precomputed reference)", ms, $"{tokens / ms * 1000:F0} tok/s");
+
+            // the breakdown: the precomputed-reference step again, synchronised after each stage
+            var stages = new double[4];
+            for (int i = 0; i < iters; i++)
+            {
+                var t = StageTimes(policy, batch, precomputed, pairs, trainConfig, mixed, optimizer, device);
+                for (int s = 0; s < 4; s++) stages[s] += t[s] / iters;
+            }
+            string[] stageNames = ["forward", "head + log-probs", "backward", "optimizer"];
+            for (int s = 0; s < 4; s++) Record($"  stage: {stageNames[s]}", stages[s], $"{stages[s] / stages.Sum() * 100:F0}% of the step");
+            mixed.End();
+            policy.eval();
+
+            void Label()
+            {
+                using var scope = NewDisposeScope();
+                using var noGrad = no_grad();
+                ResponseLogProbs.Compute(policy, batch);
+                ResponseLogProbs.Compute(reference, batch);
+            }
+            // labelling as the labeller runs it: the teacher (here the trained policy) in the compute dtype
+            if (precision != TrainingPrecision.Fp32) policy.to(precision.ComputeType());
+            ms = Timed(Label, device, warm, iters);
+            Record("labelling (teacher + reference)", ms, $"{pairs / ms * 1000:F1} pairs/s");
+
+            using var prompt = batch.InputIds.narrow(0, 0, pairs).narrow(1, 0, length / 2).contiguous();
+            using var promptMask = ones_like(prompt);
+            void Generate()
+            {
+                using var result = Generator.Generate(policy, prompt, promptMask, new GenerationOptions { MaxNewTokens = newTokens, MinNewTokens = newTokens });
+                if (result.NumNewColumns != newTokens) throw new InvalidOperationException("generation stopped early");
+            }
+            ms = Timed(Generate, device, 1, Math.Max(1, iters / 2));
+            Record($"generation ({newTokens} new, KV cache)", ms, $"{pairs * newTokens / ms * 1000:F0} tok/s");
+            precomputed.Dispose();
+        }
+        var text = new StringBuilder();
+        text.AppendLine($"WeakTeacher engine on {TorchDevice.Describe(device)} ({precision.Name()}: {(precision == TrainingPrecision.Fp32 ? "float32 throughout" : "bfloat16 compute, float32 masters and AdamW state")}), " +
+                        "full fine-tuning DPO, fused head (no [B, T, V] logits)");
+        text.AppendLine();
+        foreach (var r in rows) text.AppendLine(r);
+        text.AppendLine();
+        text.AppendLine($"Timing: {warm} warm-up step(s), then the mean of {iters}; synchronised before and after. Stage rows: a separate run of the " +
+                        "precomputed-reference step, synchronised after each stage (their sum exceeds the step's time by the lost overlap).");
+        return text.ToString();
+    }
+
+    private static int[] Random(int count, torch.Generator generator)
+    {
+        using var values = randint(3, 50272, [count], dtype: ScalarType.Int64, generator: generator);
+        return values.data<long>().Select(v => (int)v).ToArray();
+    }
+
+    private static Tensor Loss(Tensor policyLogps, Tensor referenceLogps, int pairs, DpoConfig config)
+    {
+        var reference = referenceLogps.to(policyLogps.device);
+        var inputs = new PreferenceLossInputs(policyLogps.narrow(0, 0, pairs), policyLogps.narrow(0, pairs, pairs),
+            reference.narrow(0, 0, pairs), reference.narrow(0, pairs, pairs));
+        return PreferenceScoring.Loss(inputs, config.LossSettings).Loss;
+    }
+
+    private static double[] StageTimes(CausalLM policy, PreferenceBatch batch, Tensor precomputed, int pairs, DpoConfig config,
+        MixedPrecision mixed, TrainingOptimizer optimizer, Device device)
+    {
+        using var scope = NewDisposeScope();
+        // the scored rows from the host-side mask, as ResponseLogProbs computes them
+        long b = batch.RowCount, t = batch.SequenceLength;
+        var scored = batch.HostResponseMask.narrow(1, 1, t - 1).Ne(0).nonzero();
+        var sequenceIndex = scored.select(1, 0).contiguous();
+        var rowIndex = sequenceIndex.Mul(t).Add(scored.select(1, 1));
+        var labels = batch.HostInputIds.reshape(b * t).index_select(0, rowIndex.Add(1L));
+        var (seqDevice, rowDevice, labelDevice) = (HostTransfers.ToDevice(sequenceIndex, device), HostTransfers.ToDevice(rowIndex, device),
+            HostTransfers.ToDevice(labels, device));
+        var times = new double[4];
+        var watch = Stopwatch.StartNew();
+        TorchDevice.Synchronize(device);
+        watch.Restart();
+        var hidden = policy.ForwardHidden(batch.InputIds, batch.AttentionMask);
+        TorchDevice.Synchronize(device);
+        times[0] = watch.Elapsed.TotalMilliseconds;
+        watch.Restart();
+        var rows = hidden.reshape(b * t, hidden.shape[2]).index_select(0, rowDevice);
+        var (_, sequence) = FusedHeadLogProbs.Compute(rows, policy.OutputWeight, labelDevice, seqDevice, (int)b, checkIndices: false);
+        var loss = Loss(sequence, precomputed, pairs, config);
+        TorchDevice.Synchronize(device);
+        times[1] = watch.Elapsed.TotalMilliseconds;
+        watch.Restart();
+        loss.backward();
+        mixed.AccumulateGradients();
+        TorchDevice.Synchronize(device);
+        times[2] = watch.Elapsed.TotalMilliseconds;
+        watch.Restart();
+        optimizer.ClipGradients(config.MaxGradNorm);
+        optimizer.Step();
+        mixed.CopyToModel();
+        optimizer.ZeroGrad();
+        TorchDevice.Synchronize(device);
+        times[3] = watch.Elapsed.TotalMilliseconds;
+        return times;
+    }
+
+    private static double Timed(Action step, Device device, int warm, int iters)
+    {
+        for (int i = 0; i < warm; i++) step();
+        TorchDevice.Synchronize(device);
+        var watch = Stopwatch.StartNew();
+        for (int i = 0; i < iters; i++) step();
+        TorchDevice.Synchronize(device);
+        return watch.Elapsed.TotalMilliseconds / iters;
+    }
+}
