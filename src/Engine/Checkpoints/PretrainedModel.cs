@@ -247,6 +247,7 @@ public static class PretrainedModel
                 generation.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
             written.Add(ConfigFile);
             written.Add(GenerationConfigFile);
+            Runtime.Failpoints.Hit(Runtime.Failpoints.ModelSaveStaged);
 
             foreach (var name in written) File.Move(Path.Combine(temp, name), Path.Combine(dir, name), overwrite: true);
             // weight files of an earlier save that this one did not replace would be read by loaders: remove them

@@ -351,6 +351,7 @@ public static class PipelineStages
         AtomicFile.WriteAllText(Path.Combine(outputDir, TrainDoneFile),
             JsonSerializer.Serialize(new StoredTrain(result.GlobalStep, result.ModelDir, result.AdapterDir, history)
                 { Settings = settings, RedoneBecause = redoneBecause }, Indented));
+        Failpoints.Hit(Failpoints.TrainResultRecorded);
         // a finished sub-stage is never resumed again: its resumable checkpoints (weights + optimizer state) only cost
         // disk, and a teacher folder served as a model would carry them along
         foreach (var checkpoint in Directory.GetDirectories(outputDir, "checkpoint-*")) Directory.Delete(checkpoint, recursive: true);

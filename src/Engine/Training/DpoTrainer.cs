@@ -114,6 +114,7 @@ public sealed class DpoTrainer
                     target.narrow(0, start, count).select(1, 0).copy_(cpu.narrow(0, 0, count));
                     target.narrow(0, start, count).select(1, 1).copy_(cpu.narrow(0, count, count));
                 }
+                Runtime.Failpoints.Hit(Runtime.Failpoints.ReferenceBatchDone);
             }
             return values;
         }, out fromCache);

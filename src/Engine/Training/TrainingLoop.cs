@@ -141,6 +141,7 @@ internal static class TrainingLoop
                 lastCheckpoint = Save();
                 lastSaved = globalStep;
             }
+            Runtime.Failpoints.Hit(Runtime.Failpoints.TrainingStepDone);
             if (stopping && !last) { interrupted = true; break; }
         }
 

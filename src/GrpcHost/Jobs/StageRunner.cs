@@ -1,6 +1,7 @@
 using WeakTeacher.Engine;
 using Grpc.Core;
 using WeakTeacher.Engine.Pipeline;
+using WeakTeacher.Engine.Runtime;
 using JobKind = WeakTeacher.Grpc.V1.JobKind;
 using ArtifactKind = WeakTeacher.Grpc.V1.ArtifactKind;
 using DatasetFormat = WeakTeacher.Grpc.V1.DatasetFormat;
@@ -79,6 +80,7 @@ internal sealed class StageRunner(Catalog catalog)
             {
                 throw new InvalidOperationException($"stage artifact '{name}' at {path} does not exist");
             }
+            Failpoints.Hit(Failpoints.OutputPublished);
         }
         return entries;
     }
