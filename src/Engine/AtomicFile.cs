@@ -3,6 +3,8 @@ namespace WeakTeacher.Engine;
 /// <summary>
 /// Writes a file so that readers (a restarted host, a client downloading an artifact) see either the old file or the
 /// whole new one, never a torn write: data goes to a temporary file in the same folder, is flushed to disk, then renamed.
+/// A process killed between the two leaves the temporary file behind; the next write of the same path removes it, so a
+/// resumed stage that rewrites its outputs leaves no such file in a folder that is later published (one writer per path).
 /// </summary>
 public static class AtomicFile
 {
@@ -50,10 +52,14 @@ public static class AtomicFile
     /// <summary>Runs <paramref name="write"/> on a temporary stream and renames the result into place.</summary>
     public static void Write(string path, Action<Stream> write) => Write(path, stream => { write(stream); return 0; });
 
+    private const string TempMarker = ".tmp-";
+
     private static string TempPath(string path)
     {
         string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        return full + ".tmp-" + Guid.NewGuid().ToString("N");
+        string dir = Path.GetDirectoryName(full)!;
+        Directory.CreateDirectory(dir);
+        foreach (var leftover in Directory.EnumerateFiles(dir, Path.GetFileName(full) + TempMarker + "*")) File.Delete(leftover);
+        return full + TempMarker + Guid.NewGuid().ToString("N");
     }
 }

@@ -190,6 +190,8 @@ public static class PretrainedModel
     /// Files are written to a temporary folder first and moved into place, so a failed save leaves the previous
     /// checkpoint intact; other files in the folder (tokenizer) are kept, stale weight files removed.
     /// </summary>
+    private const string SaveFolderPrefix = ".save-";
+
     public static void Save(CausalLM model, string dir, ScalarType? dtype = null, long maxShardBytes = 2L << 30)
     {
         if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), maxShardBytes, "must be positive");
@@ -201,7 +203,9 @@ public static class PretrainedModel
         var savedType = dtype ?? model.DType;
 
         Directory.CreateDirectory(dir);
-        var temp = Path.Combine(dir, ".save-" + Guid.NewGuid().ToString("N"));
+        // save folders of an earlier save that a kill interrupted: loaders ignore them, a copy of the folder would not
+        foreach (var leftover in Directory.EnumerateDirectories(dir, SaveFolderPrefix + "*")) Directory.Delete(leftover, recursive: true);
+        var temp = Path.Combine(dir, SaveFolderPrefix + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(temp);
         try
         {

@@ -158,7 +158,7 @@ public sealed class HfTokenizer : ITokenizer
         ArgumentException.ThrowIfNullOrEmpty(dir);
         Directory.CreateDirectory(dir);
         foreach (var (name, bytes) in _files)
-            File.WriteAllBytes(Path.Combine(dir, name), bytes);
+            AtomicFile.WriteAllBytes(Path.Combine(dir, name), bytes);
     }
 
     // ------------------------------------------------------------------------------------------------ loading

@@ -79,7 +79,7 @@ public sealed class TrainingLog : IDisposable
                 // a row cut off by the interruption: dropped, as it was logged after the checkpoint
             }
         }
-        File.WriteAllLines(path, kept);
+        AtomicFile.WriteAllText(path, string.Concat(kept.Select(line => line + "\n")));
     }
 
     public void Dispose()
