@@ -341,6 +341,8 @@ public static class PipelineStages
             File.Delete(path);
             return null;
         }
+        // the attempt that recorded the result may have been killed before it removed the checkpoints
+        RemoveCheckpoints(outputDir);
         return new TrainResult(stored.GlobalStep, stored.GlobalStep, true, null, stored.LogHistory, outputDir, null, stored.ModelDir,
             stored.AdapterDir, TimeSpan.Zero);
     }
@@ -352,10 +354,16 @@ public static class PipelineStages
             JsonSerializer.Serialize(new StoredTrain(result.GlobalStep, result.ModelDir, result.AdapterDir, history)
                 { Settings = settings, RedoneBecause = redoneBecause }, Indented));
         Failpoints.Hit(Failpoints.TrainResultRecorded);
-        // a finished sub-stage is never resumed again: its resumable checkpoints (weights + optimizer state) only cost
-        // disk, and a teacher folder served as a model would carry them along
-        foreach (var checkpoint in Directory.GetDirectories(outputDir, "checkpoint-*")) Directory.Delete(checkpoint, recursive: true);
+        RemoveCheckpoints(outputDir);
         return result;
+    }
+
+    /// <summary>A finished sub-stage is never resumed again: its resumable checkpoints (weights + optimizer state) only
+    /// cost disk, and a teacher folder served as a model would carry them along. (Removed after the result is recorded,
+    /// so a kill in between costs no training, only this removal at the next start.)</summary>
+    private static void RemoveCheckpoints(string outputDir)
+    {
+        foreach (var checkpoint in Directory.GetDirectories(outputDir, "checkpoint-*")) Directory.Delete(checkpoint, recursive: true);
     }
 
     private static void WriteLabels(string path, LabellingResult result)
