@@ -10,9 +10,9 @@ namespace WeakTeacher.GrpcHost.Jobs;
 
 /// <summary>
 /// One worker per device: claims jobs from the store one at a time (so GPU work is serialised), runs the stage in the
-/// job's work folder, registers its outputs and records the final state. While a job runs the worker renews its lease;
-/// if the host dies the lease lapses and any host sharing the store claims the job again, resuming from its last
-/// checkpoint in the shared data folder. A host shutdown leaves the job "running" with its lease given up, so the next
+/// job's work folder, publishes its outputs and records the final state, which lists them (one transaction). While a
+/// job runs the worker renews its lease; if the host dies the lease lapses and any host sharing the store claims the
+/// job again, resuming from its last checkpoint in the shared data folder. A host shutdown leaves the job "running" with its lease given up, so the next
 /// host to look (this one at its next start) resumes it.
 /// </summary>
 internal sealed partial class JobWorker(string device, JobManager jobs, Store store, StageRunner runner, DataLayout layout,
@@ -64,9 +64,10 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
             // Stages are CPU/GPU-bound and synchronous inside; keep them off the request threads.
             var output = await Task.Run(() => runner.RunAsync(job, device, workDir, progress, cts.Token), cts.Token);
             progress.Flush();
-            var artifacts = await Task.Run(() => runner.Register(job, output, workDir, OutputName(job)), CancellationToken.None);
+            var outputs = await Task.Run(() => runner.Register(job, output, workDir, OutputName(job)), CancellationToken.None);
+            var artifacts = outputs.Artifacts;
             if (store.FinishJob(id, (int)JobState.Succeeded, [(int)JobState.Running], JsonSerializer.Serialize(artifacts),
-                    JsonSerializer.Serialize(output.Metrics), "", "", DateTimeOffset.UtcNow, (jobs.HostId, job.Attempts)))
+                    JsonSerializer.Serialize(output.Metrics), "", "", DateTimeOffset.UtcNow, (jobs.HostId, job.Attempts), outputs.Models, outputs.Datasets))
             {
                 finalState = JobState.Succeeded;
                 outcome = "succeeded";

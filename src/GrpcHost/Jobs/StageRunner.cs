@@ -14,6 +14,10 @@ namespace WeakTeacher.GrpcHost.Jobs;
 /// <summary>What a finished stage left: its artifacts (name -> path under the work folder) and result metrics.</summary>
 internal sealed record StageOutput(IReadOnlyDictionary<string, string> Artifacts, IReadOnlyDictionary<string, double> Metrics);
 
+/// <summary>A finished job's outputs, published to the data folder but not yet listed: the job's artifact entries and the
+/// model and dataset records that its success lists.</summary>
+internal sealed record JobOutputs(List<ArtifactEntry> Artifacts, List<ModelRecord> Models, List<DatasetRecord> Datasets);
+
 /// <summary>Runs one job's engine stage in its work folder (a second call with the same folder resumes from its checkpoint).</summary>
 internal sealed class StageRunner(Catalog catalog)
 {
@@ -42,13 +46,15 @@ internal sealed class StageRunner(Catalog catalog)
     }
 
     /// <summary>
-    /// Registers a finished stage's outputs: folders become models, "labelled"/"dataset" files become datasets, other
-    /// files stay with the job (DownloadJobArtifact). Ids derive from the job id, so registering again after a crash
-    /// finds what the earlier attempt published instead of publishing twice.
+    /// Publishes a finished stage's outputs: folders become models, "labelled"/"dataset" files become datasets, other
+    /// files stay with the job (DownloadJobArtifact). Nothing is listed here: the job's success lists them all at once.
+    /// Ids derive from the job id, so publishing again after a crash keeps what the earlier attempt published.
     /// </summary>
-    public List<ArtifactEntry> Register(JobRecord job, StageOutput output, string workDir, string? outputName)
+    public JobOutputs Register(JobRecord job, StageOutput output, string workDir, string? outputName)
     {
         var entries = new List<ArtifactEntry>();
+        var models = new List<ModelRecord>();
+        var datasets = new List<DatasetRecord>();
         var suffix = job.Id["job-".Length..];
         var kindName = ((JobKind)job.Kind).ToString().ToLowerInvariant();
         foreach (var (name, rawPath) in output.Artifacts.OrderBy(a => a.Key, StringComparer.Ordinal))
@@ -59,7 +65,7 @@ internal sealed class StageRunner(Catalog catalog)
             if (Directory.Exists(path))
             {
                 var id = $"mdl-{suffix}-{safe}";
-                if (catalog.GetModelOrNull(id) is null) catalog.RegisterModelDir(id, display, path, $"job:{job.Id}");
+                models.Add(catalog.CopyModelDir(id, display, path, $"job:{job.Id}"));
                 entries.Add(new ArtifactEntry(name, (int)ArtifactKind.Model, id));
             }
             else if (File.Exists(path) && name is "labelled" or "dataset" or "data")
@@ -67,7 +73,7 @@ internal sealed class StageRunner(Catalog catalog)
                 var id = $"ds-{suffix}-{safe}";
                 // a Label job's output holds the teacher's preference on every row
                 var format = name == "labelled" ? DatasetFormat.Labelled : DatasetFormat.Unspecified;
-                if (catalog.GetDatasetOrNull(id) is null) catalog.RegisterDatasetFile(id, display, path, format, $"job:{job.Id}");
+                datasets.Add(catalog.CopyDatasetFile(id, display, path, format, $"job:{job.Id}"));
                 entries.Add(new ArtifactEntry(name, (int)ArtifactKind.Dataset, id));
             }
             else if (File.Exists(path))
@@ -82,7 +88,7 @@ internal sealed class StageRunner(Catalog catalog)
             }
             Failpoints.Hit(Failpoints.OutputPublished);
         }
-        return entries;
+        return new JobOutputs(entries, models, datasets);
     }
 
     public string? ArtifactFile(string jobId, string name)

@@ -23,8 +23,16 @@ internal sealed partial class Catalog(DataLayout layout, Store store, ServiceOpt
         _ => "data.jsonl",
     };
 
-    /// <summary>Publishes a checked dataset file that sits in a staging folder under tmp/.</summary>
+    /// <summary>Publishes a checked dataset file that sits in a staging folder under tmp/ and lists it.</summary>
     public DatasetRecord PublishDataset(string id, string name, string stagedFile, FileEncoding encoding, DatasetCheck check, string source)
+    {
+        var record = PublishDatasetFile(id, name, stagedFile, encoding, check, source);
+        store.InsertDataset(record);
+        return record;
+    }
+
+    /// <summary>The files of <see cref="PublishDataset"/>, not listed (a folder an earlier attempt published is kept).</summary>
+    private DatasetRecord PublishDatasetFile(string id, string name, string stagedFile, FileEncoding encoding, DatasetCheck check, string source)
     {
         var stagedDir = Path.GetDirectoryName(stagedFile)!;
         var fileName = FileNameFor(encoding);
@@ -34,13 +42,20 @@ internal sealed partial class Catalog(DataLayout layout, Store store, ServiceOpt
         Directory.CreateDirectory(dir);
         File.Move(stagedFile, Path.Combine(dir, fileName));
         DataLayout.PublishDirectory(dir, layout.DatasetDir(id));
-        var record = new DatasetRecord(id, name, (int)check.Format, (int)encoding, check.Rows, size, sha, DateTimeOffset.UtcNow, source, fileName);
+        return new DatasetRecord(id, name, (int)check.Format, (int)encoding, check.Rows, size, sha, DateTimeOffset.UtcNow, source, fileName);
+    }
+
+    /// <summary>Copies, checks and registers a complete file from elsewhere (import folder, default task).</summary>
+    public DatasetRecord RegisterDatasetFile(string id, string name, string path, DatasetFormat format, string source, bool check = true)
+    {
+        var record = CopyDatasetFile(id, name, path, format, source, check);
         store.InsertDataset(record);
         return record;
     }
 
-    /// <summary>Copies, checks and registers a complete file from elsewhere (import folder, job output, default task).</summary>
-    public DatasetRecord RegisterDatasetFile(string id, string name, string path, DatasetFormat format, string source, bool check = true)
+    /// <summary>Copies and checks a complete file (a job's output) into datasets/&lt;id&gt; and returns its record without
+    /// listing it: the job lists its outputs when it succeeds (<see cref="Store.FinishJob"/>).</summary>
+    public DatasetRecord CopyDatasetFile(string id, string name, string path, DatasetFormat format, string source, bool check = true)
     {
         var temp = layout.NewTempDir();
         try
@@ -54,7 +69,7 @@ internal sealed partial class Catalog(DataLayout layout, Store store, ServiceOpt
             var result = check || format == DatasetFormat.Unspecified
                 ? DatasetValidator.CheckFile(staged, format, temp, DatasetLimits.From(options.Limits))
                 : new DatasetCheck(format, 0);
-            return PublishDataset(id, name, staged, encoding, result, source);
+            return PublishDatasetFile(id, name, staged, encoding, result, source);
         }
         finally
         {
@@ -112,27 +127,42 @@ internal sealed partial class Catalog(DataLayout layout, Store store, ServiceOpt
         throw RequestErrors.Invalid("files", "no config.json (or PEFT adapter_config.json) in the model");
     }
 
-    /// <summary>Publishes a complete staged model folder under tmp/ as models/&lt;id&gt;.</summary>
+    /// <summary>Publishes a complete staged model folder under tmp/ as models/&lt;id&gt; and lists it.</summary>
     public ModelRecord PublishModel(string id, string name, string stagedDir, string source)
     {
-        var modelType = InspectModel(stagedDir);
-        var files = ListFiles(stagedDir);
-        DataLayout.PublishDirectory(stagedDir, layout.ModelDir(id));
-        var record = new ModelRecord(id, name, modelType, files.Sum(f => f.Size), DateTimeOffset.UtcNow, source,
-            JsonSerializer.Serialize(files.Select(f => new ModelFileEntry(f.Path, f.Size, f.Sha256)).ToList()));
+        var record = PublishModelFiles(id, name, stagedDir, source);
         store.InsertModel(record);
         return record;
     }
 
-    /// <summary>Copies a model folder from elsewhere (import folder, job output, default task) and registers it.</summary>
+    /// <summary>The files of <see cref="PublishModel"/>, not listed (a folder an earlier attempt published is kept).</summary>
+    private ModelRecord PublishModelFiles(string id, string name, string stagedDir, string source)
+    {
+        var modelType = InspectModel(stagedDir);
+        var files = ListFiles(stagedDir);
+        DataLayout.PublishDirectory(stagedDir, layout.ModelDir(id));
+        return new ModelRecord(id, name, modelType, files.Sum(f => f.Size), DateTimeOffset.UtcNow, source,
+            JsonSerializer.Serialize(files.Select(f => new ModelFileEntry(f.Path, f.Size, f.Sha256)).ToList()));
+    }
+
+    /// <summary>Copies a model folder from elsewhere (import folder, default task) and registers it.</summary>
     public ModelRecord RegisterModelDir(string id, string name, string dir, string source)
+    {
+        var record = CopyModelDir(id, name, dir, source);
+        store.InsertModel(record);
+        return record;
+    }
+
+    /// <summary>Copies a model folder (a job's output) to models/&lt;id&gt; and returns its record without listing it: the
+    /// job lists its outputs when it succeeds (<see cref="Store.FinishJob"/>).</summary>
+    public ModelRecord CopyModelDir(string id, string name, string dir, string source)
     {
         var temp = layout.NewTempDir();
         try
         {
             var staged = Path.Combine(temp, "model");
             DataLayout.CopyDirectory(dir, staged);
-            return PublishModel(id, name, staged, source);
+            return PublishModelFiles(id, name, staged, source);
         }
         finally
         {

@@ -197,6 +197,11 @@ internal sealed class Store
     public void InsertDataset(DatasetRecord d)
     {
         using var connection = Open();
+        Insert(connection, null, d);
+    }
+
+    private static void Insert(DbConnection connection, DbTransaction? transaction, DatasetRecord d)
+    {
         using var command = Command(connection,
             "INSERT INTO datasets(id,name,format,encoding,rows,size_bytes,sha256,created_at,source,file_name) " +
             "VALUES(@id,@name,@format,@encoding,@rows,@size,@sha,@created,@source,@file) ON CONFLICT(id) DO UPDATE SET " +
@@ -204,6 +209,7 @@ internal sealed class Store
             "sha256=excluded.sha256, created_at=excluded.created_at, source=excluded.source, file_name=excluded.file_name",
             ("@id", d.Id), ("@name", d.Name), ("@format", d.Format), ("@encoding", d.Encoding), ("@rows", d.Rows),
             ("@size", d.SizeBytes), ("@sha", d.Sha256), ("@created", Time(d.CreatedAt)), ("@source", d.Source), ("@file", d.FileName));
+        command.Transaction = transaction;
         command.ExecuteNonQuery();
     }
 
@@ -234,12 +240,18 @@ internal sealed class Store
     public void InsertModel(ModelRecord m)
     {
         using var connection = Open();
+        Insert(connection, null, m);
+    }
+
+    private static void Insert(DbConnection connection, DbTransaction? transaction, ModelRecord m)
+    {
         using var command = Command(connection,
             "INSERT INTO models(id,name,model_type,size_bytes,created_at,source,files_json) VALUES(@id,@name,@type,@size,@created,@source,@files) " +
             "ON CONFLICT(id) DO UPDATE SET name=excluded.name, model_type=excluded.model_type, size_bytes=excluded.size_bytes, " +
             "created_at=excluded.created_at, source=excluded.source, files_json=excluded.files_json",
             ("@id", m.Id), ("@name", m.Name), ("@type", m.ModelType), ("@size", m.SizeBytes), ("@created", Time(m.CreatedAt)),
             ("@source", m.Source), ("@files", m.FilesJson));
+        command.Transaction = transaction;
         command.ExecuteNonQuery();
     }
 
@@ -443,12 +455,15 @@ internal sealed class Store
     /// <summary>
     /// Moves a job to a final state; only from one of <paramref name="fromStates"/> (so a cancel and a finish cannot both
     /// win) and, with <paramref name="holder"/>, only while that owner's attempt holds the job (a host whose lease
-    /// lapsed cannot overwrite the host that took the job over).
+    /// lapsed cannot overwrite the host that took the job over). The job's output models and datasets are listed in the
+    /// same transaction: none is visible before the job's success, and a kill leaves either all of them with the
+    /// succeeded job or none.
     /// </summary>
     public bool FinishJob(string id, int state, int[] fromStates, string artifactsJson, string metricsJson, string error, string errorCode,
-        DateTimeOffset at, (string Owner, int Attempt)? holder = null)
+        DateTimeOffset at, (string Owner, int Attempt)? holder = null, IReadOnlyList<ModelRecord>? models = null, IReadOnlyList<DatasetRecord>? datasets = null)
     {
         using var connection = Open();
+        using var transaction = connection.BeginTransaction();
         var parameters = new List<(string, object?)>
         {
             ("@id", id), ("@state", state), ("@a", artifactsJson), ("@m", metricsJson), ("@e", error), ("@c", errorCode), ("@at", Time(at)),
@@ -458,7 +473,12 @@ internal sealed class Store
             $"UPDATE jobs SET state=@state, artifacts_json=@a, metrics_json=@m, error=@e, error_code=@c, finished_at=@at, lease_expires_ms=NULL " +
             $"WHERE id=@id AND state IN ({string.Join(",", fromStates)})" + (holder is null ? "" : " AND owner=@owner AND attempts=@attempt"),
             [.. parameters]);
-        return command.ExecuteNonQuery() > 0;
+        command.Transaction = transaction;
+        if (command.ExecuteNonQuery() == 0) return false; // disposed uncommitted: rolled back
+        foreach (var m in models ?? []) Insert(connection, transaction, m);
+        foreach (var d in datasets ?? []) Insert(connection, transaction, d);
+        transaction.Commit();
+        return true;
     }
 
     // ---- API keys
