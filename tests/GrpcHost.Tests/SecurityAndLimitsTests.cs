@@ -125,6 +125,9 @@ public sealed class SecurityAndLimitsTests
     [InlineData("--Auth:Require", "maybe", "Auth:Require: 'maybe' is not one of auto, true, false")]
     [InlineData("--Auth:ApiKeyHashes:0", "not-a-hash", "Auth:ApiKeyHashes: 'not-a-hash' is not a SHA-256 hash")]
     [InlineData("--Limits:QueueCapacity", "many", "Limits:QueueCapacity")]
+    [InlineData("--JobStore:LeaseSeconds", "0", "JobStore:LeaseSeconds: 0 must be at least 1")]
+    [InlineData("--JobStore:PostgreSql", "Nonsense=1", "JobStore:PostgreSql: not a valid connection string")]
+    [InlineData("--JobStore:PostgreSql", "Host=127.0.0.1;Port=1;Database=wt;Timeout=2", "JobStore:PostgreSql: cannot use PostgreSQL 127.0.0.1:1/wt")]
     public async Task A_setting_the_host_cannot_use_is_one_line_and_exit_code_2(string name, string value, string message)
     {
         var run = await RunHost(["--urls", $"http://127.0.0.1:{HostProcess.FreePort()}", "--DataDir", HostProcess.NewDataDir(), name, value]);
