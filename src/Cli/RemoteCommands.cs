@@ -2,6 +2,7 @@ using System.CommandLine;
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
+using WeakTeacher.Client;
 using Spectre.Console;
 using WeakTeacher.Grpc.V1;
 using JobProgressEvent = WeakTeacher.Engine.Pipeline.JobProgress;
@@ -16,7 +17,7 @@ public static class RemoteCommands
 {
     private static readonly Option<string> Host = new("--host")
     {
-        Description = "Host address (env WT_HOST).",
+        Description = "Host address, several separated by commas (round_robin over the replicas), or dns:///name:port (every address of a headless service) (env WT_HOST).",
         DefaultValueFactory = _ => Environment.GetEnvironmentVariable("WT_HOST") ?? "http://127.0.0.1:50051",
     };
     private static readonly Option<string?> ApiKey = new("--api-key") { Description = "API key, sent as a bearer token (env WT_API_KEY)." };
@@ -95,6 +96,7 @@ public static class RemoteCommands
             BaseModelId = p.GetValue(baseModel)!,
             LabelledDatasetId = p.GetValue(dataset)!,
             Method = p.GetValue(method) == "reward-model" ? TeacherMethod.RewardModel : TeacherMethod.Dpo,
+            RequestId = NewRequestId(),
         }, h, cancellationToken: ct), ct)));
         remote.Subcommands.Add(train);
 
@@ -103,6 +105,7 @@ public static class RemoteCommands
         {
             TeacherModelId = p.GetValue(teacher)!,
             UnlabelledDatasetId = p.GetValue(dataset)!,
+            RequestId = NewRequestId(),
         }, h, cancellationToken: ct), ct)));
         remote.Subcommands.Add(label);
 
@@ -111,6 +114,7 @@ public static class RemoteCommands
         {
             BaseModelId = p.GetValue(baseModel)!,
             LabelledDatasetId = p.GetValue(dataset)!,
+            RequestId = NewRequestId(),
         }, h, cancellationToken: ct), ct)));
         remote.Subcommands.Add(align);
 
@@ -120,7 +124,7 @@ public static class RemoteCommands
         var evaluate = new Command("evaluate", "Generate for held-out prompts and score with a gold scorer.") { modelPairs, prompts, gold, Watch };
         evaluate.SetAction((p, ct) => Call(p, (c, h) =>
         {
-            var request = new EvaluateRequest { PromptsDatasetId = p.GetValue(prompts)!, GoldScorer = p.GetValue(gold)! };
+            var request = new EvaluateRequest { PromptsDatasetId = p.GetValue(prompts)!, GoldScorer = p.GetValue(gold)!, RequestId = NewRequestId() };
             foreach (var pair in p.GetValue(modelPairs)!)
             {
                 int eq = pair.IndexOf('=');
@@ -131,12 +135,43 @@ public static class RemoteCommands
         }));
         remote.Subcommands.Add(evaluate);
 
+        var pairsFile = new Argument<string>("pairs") { Description = "JSONL of LabelPairRequest: {\"id\", \"prompt\", \"response_a\", \"response_b\"} a line." };
+        var labelsOut = new Option<string?>("--out") { Description = "Where the labels go, JSONL in the pairs' order (default: standard output)." };
+        var streams = new Option<int>("--streams") { Description = "Streams open at once (round_robin spreads them over the replicas).", DefaultValueFactory = _ => 1 };
+        var labelStream = new Command("label-stream", "Label pairs online with LabelStream; a replica lost mid-stream costs only its unanswered pairs, sent again to the others.")
+        {
+            teacher, pairsFile, labelsOut, streams,
+        };
+        labelStream.SetAction((p, ct) => Call(p, async (c, h) =>
+        {
+            string path = p.GetValue(pairsFile)!;
+            if (!File.Exists(path)) throw new FileNotFoundException($"pairs: {path} does not exist");
+            var pairs = new List<LabelPairRequest>();
+            int line = 0;
+            foreach (var text in File.ReadLines(path))
+            {
+                line++;
+                if (string.IsNullOrWhiteSpace(text)) continue;
+                try { pairs.Add(JsonParser.Default.Parse<LabelPairRequest>(text)); }
+                catch (InvalidProtocolBufferException e) { throw new ArgumentException($"pairs: line {line}: {e.Message}"); }
+            }
+            var result = await ReplicatedLabelStream.LabelAsync(c, p.GetValue(teacher)!, pairs,
+                new LabelStreamOptions { Streams = p.GetValue(streams) }, h, ct);
+            await using var output = p.GetValue(labelsOut) is { } o ? new StreamWriter(o) : new StreamWriter(Console.OpenStandardOutput());
+            foreach (var label in result.Labels) await output.WriteLineAsync(JsonFormatter.Default.Format(label));
+            Console.Error.WriteLine($"{result.Labels.Count} labels; {result.StreamsReopened} streams reopened, {result.PairsResent} pairs sent again");
+        }));
+        remote.Subcommands.Add(labelStream);
+
         root.Subcommands.Add(remote);
     }
 
+    /// <summary>The job start's idempotency key: the retry policy may send a start twice; the job store makes it one job.</summary>
+    private static string NewRequestId() => Guid.NewGuid().ToString("N");
+
     private static Task<int> Call(ParseResult parse, Func<GrpcChannel, Metadata, Task> action) => Task.Run(async () =>
     {
-        using var channel = GrpcChannel.ForAddress(parse.GetValue(Host)!);
+        using var channel = HostChannel.Create(parse.GetValue(Host)!);
         var headers = new Metadata();
         string? key = parse.GetValue(ApiKey) ?? Environment.GetEnvironmentVariable("WT_API_KEY");
         if (!string.IsNullOrEmpty(key)) headers.Add("authorization", "Bearer " + key);
