@@ -198,6 +198,29 @@ public sealed class PipelineTests(DefaultTaskHost shared)
             : double.Parse(e.GetString()!, System.Globalization.CultureInfo.InvariantCulture);
     }
 
+    [Fact]
+    public async Task A_reward_model_teacher_is_published_without_its_training_checkpoints()
+    {
+        await shared.RequireStagesAsync();
+        var jobs = new JobsService.JobsServiceClient(shared.Host.Channel);
+        var request = new TrainRequest
+        {
+            BaseModelId = "default-teacher-base", LabelledDatasetId = "default-labelled", Method = TeacherMethod.RewardModel,
+            Reward = new RewardConfig { Args = Args(4, 1) }, OutputName = "reward-teacher",
+        };
+        var job = await WaitForEnd(jobs, (await jobs.TrainAsync(request)).JobId);
+        Assert.True(job.State == JobState.Succeeded, $"{job.State} {job.Error}");
+        var models = (await new ModelsService.ModelsServiceClient(shared.Host.Channel).ListModelsAsync(new ListModelsRequest())).Models
+            .Where(m => m.Source == $"job:{job.Id}").ToList();
+        Assert.NotEmpty(models);
+        foreach (var m in models)
+        {
+            // a checkpoint every step was written while training; none is part of the finished teacher
+            Assert.DoesNotContain(m.Files, f => f.Path.Split('/').Any(s => s.StartsWith("checkpoint-", StringComparison.Ordinal)));
+            Assert.Empty(Directory.EnumerateDirectories(Path.Combine(shared.Host.DataDir, "models", m.Id), "checkpoint-*", SearchOption.AllDirectories));
+        }
+    }
+
     /// <summary>A job's file artifact, as DownloadJobArtifact streams it.</summary>
     internal static async Task<byte[]> DownloadArtifact(JobsService.JobsServiceClient jobs, string jobId, string name)
     {

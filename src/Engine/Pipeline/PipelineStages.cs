@@ -43,10 +43,7 @@ public static class PipelineStages
         if (request.Method == TeacherMethod.RewardModel)
         {
             string rewardDir = Path.Combine(workDir, "reward");
-            using var backbone = PretrainedModel.Load(request.BaseModelDir, new ModelLoadOptions { Device = device });
-            using var rewardModel = new RewardModel(backbone, request.Reward.Seed);
-            var result = new RewardTrainer(rewardModel, tokenizer, request.Reward).Train(examples, rewardDir, Prefix(progress, "teacher/reward"), ct);
-            ThrowIfIncomplete(result, ct);
+            var result = Reward(request.BaseModelDir, examples, request.Reward, rewardDir, device, tokenizer, Prefix(progress, "teacher/reward"), ct);
             artifacts["reward_model"] = result.ModelDir ?? rewardDir;
             AddFinalMetrics(metrics, "reward", result);
             TeacherManifest.Write(workDir, new TeacherManifest(TeacherMethod.RewardModel, null, null, artifacts["reward_model"], 1.0));
@@ -253,6 +250,20 @@ public static class PipelineStages
         var reference = ReferenceModel.FromDirectory(sftModelDir, new ModelLoadOptions { Device = device });
         using var policy = PretrainedModel.Load(sftModelDir, new ModelLoadOptions { Device = device });
         var result = new DpoTrainer(policy, tokenizer, config, reference, sftModelDir).Train(examples, outputDir, progress, ct);
+        ThrowIfIncomplete(result, ct);
+        return WriteTrainResult(outputDir, result, settings, redo);
+    }
+
+    /// <summary>A Bradley-Terry reward model on the pairs; recorded and stripped of its checkpoints like SFT and DPO, so a
+    /// restart after it finished trains nothing and the published teacher carries no optimizer state.</summary>
+    internal static TrainResult Reward(string baseModelDir, IReadOnlyList<PreferenceExample> examples, RewardConfig config, string outputDir,
+        Device device, ITokenizer tokenizer, IProgress<JobProgress>? progress, CancellationToken ct)
+    {
+        var settings = StageFingerprint.OfTraining(config, baseModelDir, examples.Select(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
+        if (TryReadTrainResult(outputDir, settings, out string? redo) is { } done) return done;
+        using var backbone = PretrainedModel.Load(baseModelDir, new ModelLoadOptions { Device = device });
+        using var rewardModel = new RewardModel(backbone, config.Seed);
+        var result = new RewardTrainer(rewardModel, tokenizer, config).Train(examples, outputDir, progress, ct);
         ThrowIfIncomplete(result, ct);
         return WriteTrainResult(outputDir, result, settings, redo);
     }
