@@ -428,7 +428,8 @@ public sealed class ExperimentRunner
                 int count = (int)Math.Round(fraction * w.Length);
                 var human = Enumerable.Range(0, w.Length).OrderBy(_ => random.Next()).Take(count).ToHashSet();
                 var mixed = Enumerable.Range(0, w.Length).Select(i => human.Contains(i) ? _human[i] : w[i]).ToArray();
-                return s.GoldRewards($"{name}_dpo", () => s.Dpo(name, s.Data(name, mixed)));
+                string folder = name.Replace('/', '-'); // human_1/16 -> human_1-16: one folder, not two
+                return s.GoldRewards($"{folder}_dpo", () => s.Dpo(folder, s.Data(folder, mixed)));
             }));
         }
         rows.Add(("human_dpo", "every pair with its human label (fraction 1)", null, s => s.HumanDpo()));
@@ -582,7 +583,8 @@ public sealed class ExperimentRunner
             string previous = round == 1 ? Dpo(s) : Round(s, chain, round - 1).Model;
             var roundPrompts = prompts.Skip((round - 1) * _config.Iterated.PromptsPerRound).Take(_config.Iterated.PromptsPerRound).ToList();
             string dir = Path.Combine(s.RunDir, "iterated", chain, $"round-{round}");
-            string pairsPath = OnPolicyPairs(s, previous, roundPrompts, dir);
+            // round 1 starts both chains from the same student: one set of on-policy pairs, labelled two ways
+            string pairsPath = OnPolicyPairs(s, previous, roundPrompts, round == 1 ? Path.Combine(s.RunDir, "iterated", "round-1-pairs") : dir);
             string data;
             double agreement = double.NaN;
             if (chain == "weak")
