@@ -13,22 +13,32 @@ public sealed record StudyRow(string Name, string Definition, double? Paper, IRe
     public Interval Value => SeedStatistics.MeanInterval(PerSeed);
 }
 
-/// <summary>A study's rows, claims and plot.</summary>
+/// <summary>A PNG of a study (file name relative to the report) with its caption.</summary>
+public sealed record StudyPlot(string File, string Caption);
+
+/// <summary>One student's training loss per logged step in one seed.</summary>
+public sealed record LossCurve(string Row, string Stage, long Seed, IReadOnlyList<(int Step, double Loss)> Points);
+
+/// <summary>A study's rows, claims and plots.</summary>
 public sealed class StudyResult
 {
+    public const string GoldReward = "gold reward", Fraction = "fraction";
+
     public required string Name { get; init; }
     public required string Title { get; init; }
     public required string Question { get; init; }
-    /// <summary>"gold reward" for students, "metric" for label statistics.</summary>
-    public string ValueKind { get; init; } = "gold reward";
+    /// <summary>What the rows measure: <see cref="GoldReward"/> for students, <see cref="Fraction"/> for rates.</summary>
+    public string ValueKind { get; init; } = GoldReward;
     public List<StudyRow> Rows { get; } = [];
-    /// <summary>Rows shown in a second table (e.g. each teacher's label agreement).</summary>
+    /// <summary>Rows shown in a second table and panel (e.g. each teacher's label agreement).</summary>
     public List<StudyRow> Extra { get; } = [];
+    public string ExtraKind { get; init; } = Fraction;
+    public string ExtraTitle { get; init; } = "label agreement of the teachers behind the rows";
     public List<Verdict> Verdicts { get; } = [];
     public string PaperNote { get; set; } = "";
     public double Seconds { get; set; }
-    public string? Plot { get; set; }
-    public string PlotCaption { get; set; } = "";
+    public List<StudyPlot> Plots { get; } = [];
+    public List<LossCurve> Losses { get; } = [];
 
     public StudyRow Row(string name) => Rows.Concat(Extra).FirstOrDefault(r => r.Name == name)
         ?? throw new KeyNotFoundException($"study {Name} has no row '{name}'");
@@ -81,11 +91,13 @@ public sealed class ExperimentReport
             sb.AppendLine($"## {study.Title}").AppendLine();
             sb.AppendLine(study.Question).AppendLine();
             AppendTable(sb, study.Rows, study.ValueKind);
-            if (study.Extra.Count > 0) AppendTable(sb, study.Extra, "metric");
+            if (study.Extra.Count > 0) sb.AppendLine($"{char.ToUpperInvariant(study.ExtraTitle[0])}{study.ExtraTitle[1..]}:").AppendLine();
+            if (study.Extra.Count > 0) AppendTable(sb, study.Extra, study.ExtraKind);
             if (study.PaperNote.Length > 0) sb.AppendLine($"Paper column: {study.PaperNote}.").AppendLine();
             foreach (var v in study.Verdicts) sb.AppendLine($"- {v.Line}");
             sb.AppendLine();
-            if (study.Plot is not null) sb.AppendLine($"![{study.Title}]({study.Plot})").AppendLine().AppendLine($"*{study.PlotCaption}*").AppendLine();
+            foreach (var plot in study.Plots)
+                sb.AppendLine($"[![{study.Title}]({plot.File})]({plot.File})").AppendLine().AppendLine($"*{plot.Caption}*").AppendLine();
             sb.AppendLine($"Time of this study in this invocation: {F(study.Seconds, "F0")} s (stages an earlier study made are reused).").AppendLine();
         }
         sb.AppendLine("## Settings").AppendLine();
@@ -122,9 +134,20 @@ public sealed class ExperimentReport
             {
                 w.WriteStartObject(study.Name);
                 w.WriteString("title", study.Title);
+                w.WriteString("question", study.Question);
                 w.WriteString("value", study.ValueKind);
+                w.WriteString("extra_value", study.ExtraKind);
+                w.WriteString("paper_note", study.PaperNote);
                 w.WriteNumber("seconds", Math.Round(study.Seconds, 1));
-                if (study.Plot is null) w.WriteNull("plot"); else w.WriteString("plot", study.Plot);
+                w.WriteStartArray("plots");
+                foreach (var plot in study.Plots)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("file", plot.File);
+                    w.WriteString("caption", plot.Caption);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
                 WriteRows(w, "rows", study.Rows);
                 WriteRows(w, "extra", study.Extra);
                 w.WriteStartArray("verdicts");

@@ -124,6 +124,8 @@ public sealed class ExperimentRunner
         private readonly string _dir = Path.Combine(owner._config.OutputDir, $"seed-{seed}");
         private readonly Dictionary<string, int[]> _labels = [];
         private readonly Dictionary<string, double[]> _rewards = [];
+        /// <summary>The model behind each evaluated key (for its training losses).</summary>
+        public Dictionary<string, string> ModelDirs { get; } = [];
         private PipelineConfig? _seeded;
 
         /// <summary>The pipeline config with every training and sampling seed derived from this run's seed.</summary>
@@ -252,11 +254,12 @@ public sealed class ExperimentRunner
         public double[] GoldRewards(string key, Func<string> modelDir, string? promptsPath = null)
         {
             if (_rewards.TryGetValue(key, out var cached)) return cached;
+            string model = ModelDirs[key] = modelDir();
             Seeded();
             var c = Config;
             var result = PipelineStages.Evaluate(new EvaluateRequest
             {
-                Models = new Dictionary<string, string> { ["model"] = modelDir() },
+                Models = new Dictionary<string, string> { ["model"] = model },
                 PromptsPath = promptsPath ?? c.Data.EvalPrompts,
                 GoldScorer = c.Evaluation.GoldScorer,
                 Temperature = c.Evaluation.Temperature,
@@ -309,6 +312,24 @@ public sealed class ExperimentRunner
             $"paired per-prompt difference {a} - {b}, n = {diff.Count} prompt pairs pooled over {ra.PerSeed.Count} seeds"));
     }
 
+    /// <summary>Each row's training losses per seed, from the metrics.jsonl its trainer wrote into the model folder
+    /// (an SFT folder for the SFT rows, a DPO folder for the others).</summary>
+    private static void AddLosses(StudyResult study, IReadOnlyList<SeedRun> seeds)
+    {
+        foreach (var row in study.Rows)
+            foreach (var s in seeds)
+            {
+                if (!s.ModelDirs.TryGetValue(row.Name, out var dir)) continue;
+                string metrics = Path.Combine(dir, "metrics.jsonl");
+                if (!File.Exists(metrics)) continue;
+                var points = File.ReadLines(metrics).Where(l => l.Length > 0).Select(l => JsonDocument.Parse(l).RootElement)
+                    .Where(e => e.TryGetProperty("step", out _) && e.TryGetProperty("loss", out _))
+                    .Select(e => (e.GetProperty("step").GetInt32(), e.GetProperty("loss").GetDouble())).ToList();
+                if (points.Count > 0)
+                    study.Losses.Add(new LossCurve(row.Name, Path.GetFileName(dir.TrimEnd('/')) == "sft" ? "sft" : "dpo", s.Seed, points));
+            }
+    }
+
     private StudyResult WeakVsHuman(IReadOnlyList<SeedRun> seeds)
     {
         var study = Students(Studies.WeakVsHuman, "1. Weak vs human labels",
@@ -323,6 +344,7 @@ public sealed class ExperimentRunner
         Claim(study, "weak_dpo", "human_dpo", "weak-label student >= human-label student");
         Claim(study, "weak_dpo", "sft", "weak-label DPO improves on SFT");
         Claim(study, "human_dpo", "sft", "human-label DPO improves on SFT");
+        AddLosses(study, seeds);
         return study;
     }
 
@@ -332,15 +354,18 @@ public sealed class ExperimentRunner
         {
             Name = Studies.LabelQuality, Title = "2. Label quality",
             Question = "How often does the teacher agree with the human and gold labels, and how well do its labels separate good from bad responses (paper Table 2)?",
-            ValueKind = "metric",
+            ValueKind = "gold reward of the pairs' responses",
+            ExtraTitle = "label agreement and the teacher's win rate where it disagrees",
         };
         var agreement = seeds.Select(s => LabelAgreement.Compute(s.WeakLabels(), _human, _gold)).ToList();
         var tables = seeds.Select(s => GoldGapTable.Compute(_goldA, _goldB, _human, s.WeakLabels())).ToList();
         void Add(string row, string def, double? paper, Func<int, double> value) =>
             study.Rows.Add(new StudyRow(row, def, paper, Enumerable.Range(0, seeds.Count).Select(value).ToList(), null));
-        Add("teacher_vs_human", "fraction of pairs where the teacher's label equals the human label", 0.606, i => agreement[i].TeacherVsHuman.Rate);
-        Add("teacher_vs_gold", "fraction of pairs where the teacher's label equals the gold preference (gold ties left out)", null, i => agreement[i].TeacherVsGold.Rate);
-        Add("human_vs_gold", "fraction of pairs where the human label equals the gold preference (the same for every seed)", null, i => agreement[i].HumanVsGold.Rate);
+        void AddRate(string row, string def, double? paper, Func<int, double> value) =>
+            study.Extra.Add(new StudyRow(row, def, paper, Enumerable.Range(0, seeds.Count).Select(value).ToList(), null));
+        AddRate("teacher_vs_human", "fraction of pairs where the teacher's label equals the human label", 0.606, i => agreement[i].TeacherVsHuman.Rate);
+        AddRate("teacher_vs_gold", "fraction of pairs where the teacher's label equals the gold preference (gold ties left out)", null, i => agreement[i].TeacherVsGold.Rate);
+        AddRate("human_vs_gold", "fraction of pairs where the human label equals the gold preference (the same for every seed)", null, i => agreement[i].HumanVsGold.Rate);
         var paperGaps = new Dictionary<string, (double C, double R)>
         {
             ["human"] = (5.77, 4.23), ["weak"] = (5.63, 4.39), ["agree"] = (5.93, 3.66), ["disagree_weak"] = (5.17, 5.53),
@@ -363,7 +388,7 @@ public sealed class ExperimentRunner
             Add($"{source}/rejected", $"mean gold reward of the rejected responses: {gapDefs[source]}", hasPaper ? p.R : null, i => tables[i].Rows[row].Rejected);
             Add($"{source}/gap", $"chosen minus rejected: {gapDefs[source]}", hasPaper ? Math.Round(p.C - p.R, 2) : null, i => tables[i].Rows[row].Gap);
         }
-        Add("teacher_better_in_disagreeing", "fraction of the disagreeing pairs where the teacher's choice has the higher gold reward (ties half)", 0.443,
+        AddRate("teacher_better_in_disagreeing", "fraction of the disagreeing pairs where the teacher's choice has the higher gold reward (ties half)", 0.443,
             i => tables[i].TeacherBetterInDisagreeing);
         var gap = study.Row("weak/gap");
         study.Verdicts.Add(new Verdict("weak labels separate better from worse responses (chosen - rejected gold gap > 0)",
@@ -482,6 +507,7 @@ public sealed class ExperimentRunner
         Claim(study, "weak_dpo", "weak_dpo_nosft", "the SFT stage helps the weak-label student");
         Claim(study, "human_dpo", "human_dpo_nosft", "the SFT stage helps the human-label student");
         Claim(study, "weak_dpo_nosft", "human_dpo_nosft", "without SFT: weak-label student >= human-label student");
+        AddLosses(study, seeds);
         return study;
     }
 

@@ -30,8 +30,12 @@ public sealed record Verdict(string Claim, Interval Difference, string Basis)
         _ => "not supported at 95% (the interval contains 0)",
     };
 
-    public string Line => string.Create(CultureInfo.InvariantCulture,
-        $"{Claim}: {OutcomeText}; difference {Difference.Mean:+0.00;-0.00;0.00}, 95% CI [{Difference.Low:+0.00;-0.00;0.00}, {Difference.High:+0.00;-0.00;0.00}] ({Basis})");
+    public string Line => $"{Claim}: {OutcomeText}; difference {Signed(Difference.Mean)}, 95% CI [{Signed(Difference.Low)}, {Signed(Difference.High)}] ({Basis})";
+
+    /// <summary>Two decimals with a sign; a bound that two decimals would show as 0.00 gets three, so a supported
+    /// interval never reads [0.00, ...].</summary>
+    private static string Signed(double v) => !double.IsFinite(v) ? "n/a"
+        : v.ToString(v != 0 && Math.Abs(v) < 0.005 ? "+0.000;-0.000;0.000" : "+0.00;-0.00;0.00", CultureInfo.InvariantCulture);
 }
 
 /// <summary>
