@@ -41,7 +41,7 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
         await using var database = await PostgreSqlServer.StartAsync(bin);
         var dataDir = HostProcess.NewDataDir();
         string[] Args(int i) => ["--ImportDir", importDir, "--JobStore:PostgreSql", database.ConnectionString, "--JobStore:HostId", $"replica-{i}",
-            "--JobStore:LeaseSeconds", "3", "--JobStore:PollMilliseconds", "200"];
+            "--JobStore:LeaseSeconds", "10", "--JobStore:PollMilliseconds", "200"];
         var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(i => HostProcess.StartAsync(dataDir, Args(i), environment: singleThreaded)));
         try
         {

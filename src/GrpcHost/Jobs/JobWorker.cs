@@ -145,13 +145,21 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
                 while (true)
                 {
                     await Task.Delay(lease / 3, stop.Token);
+                    // This late (the process starved), the lease may lapse before a renewal lands: stop rather than
+                    // risk another host running the job at the same time.
+                    if (renewed.Elapsed >= lease * 2 / 3)
+                    {
+                        logger.LogWarning("Lease not renewed for {Seconds:F1}s; stopping the job", renewed.Elapsed.TotalSeconds);
+                        lost = true;
+                        Cancel();
+                        return;
+                    }
                     LeaseState state;
                     try { state = store.RenewLease(id, attempt, owner, lease); }
                     catch (System.Data.Common.DbException e)
                     {
                         logger.LogWarning("Lease renewal failed: {Error}", e.Message);
-                        if (renewed.Elapsed < lease * 2 / 3) continue;
-                        state = LeaseState.Lost;
+                        continue;
                     }
                     if (state == LeaseState.Lost)
                     {
