@@ -32,7 +32,7 @@ public static class ProgressDisplay
         .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new StepColumn(), new EtaColumn());
 
     /// <summary>The line after a stage's name: loss, accuracy and tokens/s when the stage reports them.</summary>
-    public static string Metrics(JobProgress p)
+    private static string Metrics(JobProgress p)
     {
         var parts = new List<string>();
         if (p.Metrics.TryGetValue("loss", out var loss)) parts.Add(string.Create(CultureInfo.InvariantCulture, $"loss {loss:F4}"));

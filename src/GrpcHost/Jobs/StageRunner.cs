@@ -79,7 +79,8 @@ internal sealed class StageRunner(Catalog catalog)
             else if (File.Exists(path))
             {
                 var target = Path.Combine(catalog.Layout.JobArtifactsDir(job.Id), safe + Path.GetExtension(path));
-                if (!File.Exists(target)) AtomicFile.WriteAllBytes(target, File.ReadAllBytes(path));
+                if (!File.Exists(target))
+                    AtomicFile.Write(target, stream => { using var source = File.OpenRead(path); source.CopyTo(stream); }); // streamed, not read whole
                 entries.Add(new ArtifactEntry(name, (int)ArtifactKind.File, name));
             }
             else
