@@ -27,7 +27,9 @@ public sealed class TrainingOptimizer : IDisposable
 
     private readonly List<(string Name, Parameter Parameter)> _parameters;
     private readonly double[] _weightDecay;
-    private readonly State[] _states;
+    // allocated at a parameter's first update (or by Load): nothing held during what comes before the first step
+    // (the reference pass, a resumed run's setup), as torch.optim allocates its state lazily
+    private readonly State?[] _states;
     private readonly double _beta1, _beta2, _epsilon;
     private double _learningRate;
 
@@ -40,9 +42,20 @@ public sealed class TrainingOptimizer : IDisposable
         _beta2 = config.AdamBeta2;
         _epsilon = config.AdamEpsilon;
         _learningRate = config.LearningRate;
-        using var noGrad = no_grad();
-        _states = parameters.Select(p => new State(zeros_like(p.Item2).DetachFromDisposeScope(), zeros_like(p.Item2).DetachFromDisposeScope())).ToArray();
+        _states = new State?[parameters.Count];
     }
+
+    /// <summary>The state of parameter <paramref name="i"/>, zeros at first use (torch.optim.AdamW's initial state).</summary>
+    private State StateOf(int i)
+    {
+        if (_states[i] is { } state) return state;
+        using var noGrad = no_grad();
+        var parameter = _parameters[i].Parameter;
+        return _states[i] = new State(zeros_like(parameter).DetachFromDisposeScope(), zeros_like(parameter).DetachFromDisposeScope());
+    }
+
+    /// <summary>Whether any parameter's state is allocated (false until the first <see cref="Step"/> or <see cref="Load"/>).</summary>
+    public bool StateAllocated => _states.Any(s => s is not null);
 
     /// <summary>The optimised parameters, by name, in the optimizer's order.</summary>
     public IReadOnlyList<(string Name, Parameter Parameter)> Parameters => _parameters;
@@ -83,33 +96,57 @@ public sealed class TrainingOptimizer : IDisposable
     }
 
     /// <summary>
-    /// One AdamW update of every parameter with a gradient: p *= 1 - lr wd; m = b1 m + (1 - b1) g;
-    /// v = b2 v + (1 - b2) g^2; p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+    /// One AdamW update of every parameter with a gradient, torch.optim.AdamW's single-tensor update in place:
+    /// p *= 1 - lr wd (skipped at wd 0); m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2;
+    /// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). Five passes over a parameter and one temporary (the
+    /// denominator), disposed before the next parameter, so the step's extra memory is one parameter's size, not all of them.
     /// </summary>
     public void Step()
     {
         using var noGrad = no_grad();
-        using var scope = NewDisposeScope();
+        // the coefficients shared by every parameter, held for the whole step (see ScalarOps on why they are held)
+        using var oneMinusBeta1 = (1 - _beta1).ToScalar();
+        using var beta2 = _beta2.ToScalar();
+        using var oneMinusBeta2 = (1 - _beta2).ToScalar();
+        using var epsilon = _epsilon.ToScalar();
+        // TorchSharp's lerp_ takes its weight as a tensor: one 0-dim 1 - b1 per device and dtype the parameters use
+        var lerpWeights = new Dictionary<(DeviceType, int, ScalarType), Tensor>();
+        try
+        {
+            StepAll(oneMinusBeta1, beta2, oneMinusBeta2, epsilon, lerpWeights);
+        }
+        finally
+        {
+            foreach (var w in lerpWeights.Values) w.Dispose();
+        }
+    }
+
+    private void StepAll(Scalar oneMinusBeta1, Scalar beta2, Scalar oneMinusBeta2, Scalar epsilon,
+        Dictionary<(DeviceType, int, ScalarType), Tensor> lerpWeights)
+    {
         for (int i = 0; i < _parameters.Count; i++)
         {
             var parameter = _parameters[i].Parameter;
-            var grad = parameter.grad;
+            using var grad = parameter.grad;
             if (grad is null) continue;
-            var state = _states[i];
+            var state = StateOf(i);
             state.Step += 1;
             double biasCorrection1 = 1 - Math.Pow(_beta1, state.Step);
             double biasCorrection2 = 1 - Math.Pow(_beta2, state.Step);
-            using var decay = (1 - _learningRate * _weightDecay[i]).ToScalar();
-            using var beta1 = _beta1.ToScalar();
-            using var oneMinusBeta1 = (1 - _beta1).ToScalar();
-            using var beta2 = _beta2.ToScalar();
-            using var oneMinusBeta2 = (1 - _beta2).ToScalar();
-            using var epsilon = _epsilon.ToScalar();
-            using var stepSize = (-(_learningRate / biasCorrection1)).ToScalar();
-            parameter.mul_(decay);
-            state.ExpAvg.mul_(beta1).add_(grad, oneMinusBeta1);
+            if (_weightDecay[i] != 0)
+            {
+                using var decay = (1 - _learningRate * _weightDecay[i]).ToScalar();
+                parameter.mul_(decay);
+            }
+            var key = (state.ExpAvg.device_type, state.ExpAvg.device_index, state.ExpAvg.dtype);
+            if (!lerpWeights.TryGetValue(key, out var lerpWeight))
+                lerpWeights[key] = lerpWeight = full([], oneMinusBeta1, key.dtype, state.ExpAvg.device).DetachFromDisposeScope();
+            state.ExpAvg.lerp_(grad, lerpWeight);
             state.ExpAvgSq.mul_(beta2).addcmul_(grad, grad, oneMinusBeta2);
-            var denominator = state.ExpAvgSq.sqrt().Div(Math.Sqrt(biasCorrection2)).add_(epsilon, ScalarOps.One);
+            using var correction2Sqrt = Math.Sqrt(biasCorrection2).ToScalar();
+            using var stepSize = (-(_learningRate / biasCorrection1)).ToScalar();
+            using var denominator = state.ExpAvgSq.sqrt();
+            denominator.div_(correction2Sqrt).add_(epsilon, ScalarOps.One);
             parameter.addcdiv_(state.ExpAvg, denominator, stepSize);
         }
     }
@@ -143,9 +180,10 @@ public sealed class TrainingOptimizer : IDisposable
         for (int i = 0; i < _parameters.Count; i++)
         {
             var (name, _) = _parameters[i];
-            tensors[name + ".exp_avg"] = _states[i].ExpAvg;
-            tensors[name + ".exp_avg_sq"] = _states[i].ExpAvgSq;
-            steps[name] = _states[i].Step;
+            var state = StateOf(i);   // a parameter not yet updated saves torch's initial state (zeros, step 0)
+            tensors[name + ".exp_avg"] = state.ExpAvg;
+            tensors[name + ".exp_avg_sq"] = state.ExpAvgSq;
+            steps[name] = state.Step;
         }
         return (tensors, steps);
     }
@@ -164,7 +202,6 @@ public sealed class TrainingOptimizer : IDisposable
         var loaded = SafeTensors.Load(path, out var metadata);
         try
         {
-            var states = _states;
             using var noGrad = no_grad();
             for (int i = 0; i < _parameters.Count; i++)
             {
@@ -172,11 +209,13 @@ public sealed class TrainingOptimizer : IDisposable
                 if (!loaded.TryGetValue(name + ".exp_avg", out var avg) || !loaded.TryGetValue(name + ".exp_avg_sq", out var avgSq)
                     || !metadata.TryGetValue("step." + name, out var stepText))
                     throw new CheckpointException(path, $"optimizer state has no entry for parameter '{name}'");
-                if (!avg.shape.SequenceEqual(states[i].ExpAvg.shape))
-                    throw new CheckpointException(path, $"optimizer state of '{name}' has shape [{string.Join(", ", avg.shape)}], the parameter [{string.Join(", ", states[i].ExpAvg.shape)}]");
-                states[i].ExpAvg.copy_(avg);
-                states[i].ExpAvgSq.copy_(avgSq);
-                states[i].Step = long.Parse(stepText, System.Globalization.CultureInfo.InvariantCulture);
+                var parameterShape = _parameters[i].Parameter.shape;
+                if (!avg.shape.SequenceEqual(parameterShape) || !avgSq.shape.SequenceEqual(parameterShape))
+                    throw new CheckpointException(path, $"optimizer state of '{name}' has shape [{string.Join(", ", avg.shape)}], the parameter [{string.Join(", ", parameterShape)}]");
+                var state = StateOf(i);
+                state.ExpAvg.copy_(avg);
+                state.ExpAvgSq.copy_(avgSq);
+                state.Step = long.Parse(stepText, System.Globalization.CultureInfo.InvariantCulture);
             }
         }
         finally
@@ -187,10 +226,11 @@ public sealed class TrainingOptimizer : IDisposable
 
     public void Dispose()
     {
-        foreach (var state in _states)
+        for (int i = 0; i < _states.Length; i++)
         {
-            state.ExpAvg.Dispose();
-            state.ExpAvgSq.Dispose();
+            _states[i]?.ExpAvg.Dispose();
+            _states[i]?.ExpAvgSq.Dispose();
+            _states[i] = null;
         }
     }
 }

@@ -100,4 +100,95 @@ public class OptimizerTests
         Assert.Equal(2 * 2 * 2, optimizer.Parameters.Count); // 2 layers x (q, v) x (A, B)
         Assert.All(optimizer.Parameters, p => Assert.True(LoraAdapters.IsAdapterParameter(p.Name)));
     }
+
+    /// <summary>torch.optim.AdamW's update (Loshchilov and Hutter 2019, algorithm 2, as torch writes it) in float64 on the host.</summary>
+    private static void ReferenceAdamW(double[] p, double[] m, double[] v, double[] g, int step, double lr, double wd, double b1, double b2, double eps)
+    {
+        double c1 = 1 - Math.Pow(b1, step), c2 = 1 - Math.Pow(b2, step);
+        for (int k = 0; k < p.Length; k++)
+        {
+            p[k] *= 1 - lr * wd;
+            m[k] = b1 * m[k] + (1 - b1) * g[k];
+            v[k] = b2 * v[k] + (1 - b2) * g[k] * g[k];
+            p[k] -= lr / c1 * m[k] / (Math.Sqrt(v[k]) / Math.Sqrt(c2) + eps);
+        }
+    }
+
+    private static double[] Values(Tensor t) => t.to(ScalarType.Float64).contiguous().data<double>().ToArray();
+
+    /// <summary>Gradients of step <paramref name="step"/>: fixed pseudo-random values, some large and some tiny.</summary>
+    private static void SetGradients(TrainingOptimizer optimizer, int step)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var generator = new torch.Generator((ulong)(100 + step));
+        foreach (var (_, p) in optimizer.Parameters)
+            p.grad = (randn(p.shape, generator: generator) * (step % 2 == 0 ? 3.0 : 0.01)).DetachFromDisposeScope();
+    }
+
+    [Theory]
+    [InlineData(0.0)]
+    [InlineData(0.1)]
+    public void StepsAreTorchAdamWUpdateOverSeveralSteps(double weightDecay)
+    {
+        using var model = TrainingTestKit.Opt(3);
+        var config = new SftConfig { WeightDecay = weightDecay, LearningRate = 1e-2, AdamBeta2 = 0.99 };
+        using var optimizer = TrainingOptimizer.Create(model, config);
+        Assert.False(optimizer.StateAllocated);   // nothing held before the first step
+        var expected = optimizer.Parameters.Select(p => (P: Values(p.Parameter), M: new double[p.Parameter.numel()], V: new double[p.Parameter.numel()])).ToArray();
+        for (int step = 1; step <= 4; step++)
+        {
+            SetGradients(optimizer, step);
+            for (int i = 0; i < expected.Length; i++)
+            {
+                var (name, parameter) = optimizer.Parameters[i];
+                double wd = optimizer.NoDecayParameters.Contains(name) ? 0 : weightDecay;
+                using var grad = parameter.grad!;
+                ReferenceAdamW(expected[i].P, expected[i].M, expected[i].V, Values(grad), step, config.LearningRate, wd, config.AdamBeta1, config.AdamBeta2, config.AdamEpsilon);
+            }
+            optimizer.Step();
+            Assert.True(optimizer.StateAllocated);
+            for (int i = 0; i < expected.Length; i++)
+            {
+                var actual = Values(optimizer.Parameters[i].Parameter);
+                for (int k = 0; k < actual.Length; k++)
+                    Assert.True(Math.Abs(actual[k] - expected[i].P[k]) <= 2e-6 + 2e-5 * Math.Abs(expected[i].P[k]),
+                        $"step {step}, {optimizer.Parameters[i].Name}[{k}]: {actual[k]} against torch's {expected[i].P[k]}");
+            }
+        }
+        var (tensors, steps) = optimizer.StateTensors();
+        Assert.All(steps.Values, s => Assert.Equal(4, s));
+        for (int i = 0; i < expected.Length; i++)
+        {
+            var avg = Values(tensors[optimizer.Parameters[i].Name + ".exp_avg"]);
+            for (int k = 0; k < avg.Length; k++) Assert.True(Math.Abs(avg[k] - expected[i].M[k]) <= 1e-6 + 1e-5 * Math.Abs(expected[i].M[k]));
+        }
+    }
+
+    [Fact]
+    public void ResumedFromSavedStateTheUpdatesAreTheUninterruptedOnes()
+    {
+        var config = new SftConfig { WeightDecay = 0.1, LearningRate = 1e-2 };
+        using var dir = new WeakTeacher.Tests.Models.Fixtures.TempDir();
+        string path = Path.Combine(dir.Path, "optimizer.safetensors");
+        using var straight = TrainingTestKit.Opt(3);
+        using (var first = TrainingOptimizer.Create(straight, config))
+        {
+            for (int step = 1; step <= 2; step++) { SetGradients(first, step); first.Step(); }
+            first.Save(path);
+            for (int step = 3; step <= 4; step++) { SetGradients(first, step); first.Step(); }
+        }
+        // replay: a fresh model, steps 1-2, save and reload into a new optimizer, then steps 3-4
+        using var replay = TrainingTestKit.Opt(3);
+        using (var before = TrainingOptimizer.Create(replay, config))
+            for (int step = 1; step <= 2; step++) { SetGradients(before, step); before.Step(); }
+        using var after = TrainingOptimizer.Create(replay, config);
+        Assert.False(after.StateAllocated);
+        after.Load(path);
+        Assert.True(after.StateAllocated);
+        for (int step = 3; step <= 4; step++) { SetGradients(after, step); after.Step(); }
+        var straightParameters = straight.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, parameter) in replay.named_parameters())
+            Assert.True(parameter.eq(straightParameters[name]).all().item<bool>(), $"{name} differs after the resume");
+    }
 }
