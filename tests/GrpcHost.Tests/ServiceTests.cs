@@ -248,6 +248,11 @@ public sealed class ServiceTests(SharedHost shared) : IClassFixture<SharedHost>
         {
             TeacherModelId = model.Id, UnlabelledDatasetId = data.Id, MarginQuantile = 1.5,
         }), "margin_quantile");
+        foreach (var shards in new[] { 0, 257 })
+            await Client.Fails(StatusCode.InvalidArgument, async () => await Jobs.LabelAsync(new LabelRequest
+            {
+                TeacherModelId = model.Id, UnlabelledDatasetId = data.Id, ShardCount = shards,
+            }), "shard_count");
         await Client.Fails(StatusCode.InvalidArgument, async () => await Jobs.ListJobsAsync(new ListJobsRequest { PageSize = -1 }), "page_size");
     }
 

@@ -86,6 +86,7 @@ public static class LabelShards
             labels = labeler.LabelAll(pairs.GetRange(start, rows), request.BatchSize, 0,
                 PipelineStages.Prefix(progress, $"label/{ShardName(index, count)}"), ct).Labels;
         }
+        Failpoints.Hit(Failpoints.LabelShardLabelled);
         Directory.CreateDirectory(dir);
         string dataFile = ShardName(index, count) + ".labels.jsonl";
         AtomicFile.WriteAllBytes(Path.Combine(dir, dataFile), LabelLines(labels, start));

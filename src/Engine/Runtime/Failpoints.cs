@@ -21,6 +21,9 @@ public static class Failpoints
     /// <summary>One output of a finished job is published to the data folder, the others not yet (the host's registration).</summary>
     public const string OutputPublished = "register.output-published";
 
+    /// <summary>A label shard's labels are computed, its labels file and manifest not yet written (LabelShards.RunShard).</summary>
+    public const string LabelShardLabelled = "label-shard.labelled";
+
     /// <summary>Armed points: name -> the hit that stops (1-based); and how often each was hit.</summary>
     private static readonly Dictionary<string, int> Armed = Parse(Environment.GetEnvironmentVariable(Variable));
     private static readonly Dictionary<string, int> Hits = new(StringComparer.Ordinal);

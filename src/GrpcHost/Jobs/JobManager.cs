@@ -44,6 +44,9 @@ internal sealed class JobManager
     public int RunningCount => running.Count;
     public bool IsRunningHere(string id) => running.ContainsKey(id);
 
+    /// <summary>Wakes this host's idle workers for <paramref name="count"/> jobs queued here (a job's shards).</summary>
+    public void Queued(int count) => queued.Release(count);
+
     /// <summary>Waits until a job is queued at this host or the poll interval passed.</summary>
     public Task WaitForWorkAsync(CancellationToken ct) => queued.WaitAsync(options.JobStore.Poll, ct);
 
@@ -101,12 +104,14 @@ internal sealed class JobManager
         }
         else
         {
-            // Whichever host runs it sees the request at its next lease renewal; here at once.
-            store.RequestCancel(id);
-            if (running.TryGetValue(id, out var cts))
-            {
-                try { cts.Cancel(); } catch (ObjectDisposedException) { }
-            }
+            // Whichever host runs it (or its shards) sees the request at its next lease renewal; here at once. A job
+            // waiting for its shards is held by no host: the store cancels it now.
+            if (store.RequestCancel(id, DateTimeOffset.UtcNow)) PublishState(id, JobState.Cancelled, "cancelled by a client", "CANCELLED");
+            foreach (var child in record.Children > 0 ? store.ChildJobs(id).Select(c => c.Id).Append(id) : [id])
+                if (running.TryGetValue(child, out var cts))
+                {
+                    try { cts.Cancel(); } catch (ObjectDisposedException) { }
+                }
         }
         return ToProto(store.GetJob(id)!);
     }
@@ -160,11 +165,12 @@ internal sealed class JobManager
         var job = new Job
         {
             Id = r.Id, Kind = (JobKind)r.Kind, State = (JobState)r.State, ConfigJson = r.ConfigJson, Error = r.Error, ErrorCode = r.ErrorCode,
-            CreatedAt = Timestamp.FromDateTimeOffset(r.CreatedAt), Attempts = r.Attempts,
+            CreatedAt = Timestamp.FromDateTimeOffset(r.CreatedAt), Attempts = r.Attempts, ParentJobId = r.ParentId ?? "", ShardIndex = r.ShardIndex,
         };
         if (r.StartedAt is { } started) job.StartedAt = Timestamp.FromDateTimeOffset(started);
         if (r.FinishedAt is { } finished) job.FinishedAt = Timestamp.FromDateTimeOffset(finished);
-        if (r.ProgressJson is not null) job.Progress = JobProgress.Parser.ParseJson(r.ProgressJson);
+        if (r.Children > 0) job.Progress = new JobProgress { Stage = "label/shards", Step = r.Children - r.WaitingChildren, TotalSteps = r.Children };
+        else if (r.ProgressJson is not null) job.Progress = JobProgress.Parser.ParseJson(r.ProgressJson);
         foreach (var a in System.Text.Json.JsonSerializer.Deserialize<List<ArtifactEntry>>(r.ArtifactsJson) ?? [])
             job.Artifacts.Add(new Artifact { Name = a.Name, Kind = (ArtifactKind)a.Kind, Id = a.Id });
         foreach (var (name, value) in System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, double>>(r.MetricsJson) ?? [])

@@ -59,7 +59,20 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
             jobs.PublishState(id, JobState.Running);
             logger.LogInformation(job.Attempts > 1 ? "Job resumed (attempt {Attempt}) by {Host}" : "Job started (attempt {Attempt}) by {Host}",
                 job.Attempts, jobs.HostId);
-            var workDir = layout.JobWorkDir(id);
+            if (StageRunner.ShardsOf(job) is { } shards)
+            {
+                finalState = JobState.Running;
+                if (store.SplitJob(id, job.Attempts, jobs.HostId, shards))
+                {
+                    outcome = $"split into {shards.Count} shards";
+                    jobs.Queued(shards.Count);
+                    logger.LogInformation("Job split into {Shards} shards; any host may run them, and it merges them when they all succeeded", shards.Count);
+                }
+                else outcome = "lease lost";
+                return;
+            }
+            // a shard works in its parent's folder, which holds every shard and, after the merge, the labelled set
+            var workDir = layout.JobWorkDir(job.ParentId ?? id);
             var progress = new ProgressSink(id, kind, jobs, store, metrics, new ProgressLog(logger));
             // Stages are CPU/GPU-bound and synchronous inside; keep them off the request threads.
             var output = await Task.Run(() => runner.RunAsync(job, device, workDir, progress, cts.Token), cts.Token);

@@ -212,6 +212,9 @@ internal static class RequestTranslation
         return train;
     }
 
+    /// <summary>The most shards a Label job may be split into (each is a job record and a file pair in its folder).</summary>
+    public const int MaxShards = 256;
+
     public static LabelRequest Label(V1.LabelRequest r, Catalog catalog, string device)
     {
         catalog.GetModel("teacher_model_id", r.TeacherModelId);
@@ -222,6 +225,7 @@ internal static class RequestTranslation
         RequestErrors.Positive("batch_size", r.HasBatchSize ? r.BatchSize : null, 65_536);
         RequestErrors.Positive("max_length", r.HasMaxLength ? r.MaxLength : null, 1 << 20);
         RequestErrors.Positive("max_prompt_length", r.HasMaxPromptLength ? r.MaxPromptLength : null, 1 << 20);
+        RequestErrors.Positive("shard_count", r.HasShardCount ? r.ShardCount : null, MaxShards);
         OutputName("output_name", r.OutputName);
         var teacher = catalog.GetTeacher("teacher_model_id", r.TeacherModelId); // after the fields: a precondition, not a field error
         var defaults = new LabelRequest { TeacherDir = "", UnlabelledDataPath = "" };

@@ -28,7 +28,7 @@ internal sealed class StageRunner(Catalog catalog)
         object request = kind switch
         {
             JobKind.Train => RequestTranslation.Train(V1.TrainRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
-            JobKind.Label => RequestTranslation.Label(V1.LabelRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
+            JobKind.Label or JobKind.LabelShard => RequestTranslation.Label(V1.LabelRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
             JobKind.Align => RequestTranslation.Align(V1.AlignRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
             JobKind.Evaluate => RequestTranslation.Evaluate(V1.EvaluateRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
             _ => throw new InvalidOperationException($"job {job.Id} has unknown kind {job.Kind}"),
@@ -37,12 +37,39 @@ internal sealed class StageRunner(Catalog catalog)
         var result = request switch
         {
             TrainTeacherRequest r => await PipelineStages.TrainTeacherAsync(r, workDir, progress, ct),
+            // a shard labels its slice into the parent's folder; the parent, once every shard succeeded, merges them
+            LabelRequest r when kind == JobKind.LabelShard => await Task.Run(() => Shard(r, job, workDir, progress, ct), ct),
+            LabelRequest when job.Children > 0 => await Task.Run(() => LabelShards.Merge(workDir), ct),
             LabelRequest r => await PipelineStages.LabelAsync(r, workDir, progress, ct),
             AlignRequest r => await PipelineStages.AlignAsync(r, workDir, progress, ct),
             EvaluateRequest r => await PipelineStages.EvaluateAsync(r, workDir, progress, ct),
             _ => throw new InvalidOperationException($"no stage for {request.GetType().Name}"),
         };
         return new StageOutput(result.Artifacts, result.Metrics);
+    }
+
+    private static StageResult Shard(LabelRequest request, JobRecord job, string parentWorkDir, IProgress<EngineProgress> progress, CancellationToken ct)
+    {
+        int count = V1.LabelRequest.Parser.ParseJson(job.ConfigJson).ShardCount;
+        var shard = LabelShards.RunShard(request, parentWorkDir, job.ShardIndex, count, progress, ct);
+        return new StageResult(new Dictionary<string, string>(), new Dictionary<string, double>
+        {
+            ["first_row"] = shard.FirstRow, ["rows"] = shard.Rows, ["seconds"] = shard.Seconds,
+        });
+    }
+
+    /// <summary>
+    /// The shard jobs a Label job with shard_count > 1 is split into when first claimed (null for any other job, and for
+    /// one split already): one per shard, each with the parent's request, run in the parent's work folder.
+    /// </summary>
+    public static IReadOnlyList<JobRecord>? ShardsOf(JobRecord job)
+    {
+        if ((JobKind)job.Kind != JobKind.Label || job.Children > 0) return null;
+        int count = V1.LabelRequest.Parser.ParseJson(job.ConfigJson).ShardCount;
+        if (count <= 1) return null;
+        var now = DateTimeOffset.UtcNow;
+        return Enumerable.Range(0, count).Select(i => new JobRecord($"{job.Id}-shard-{i}", (int)JobKind.LabelShard, (int)V1.JobState.Queued,
+            job.ConfigJson, null, "[]", "{}", "", "", now, null, null, 0, job.Id, i)).ToList();
     }
 
     /// <summary>

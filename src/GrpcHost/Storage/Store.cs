@@ -13,7 +13,8 @@ internal sealed record ModelRecord(string Id, string Name, string ModelType, lon
 
 internal sealed record JobRecord(string Id, int Kind, int State, string ConfigJson, string? ProgressJson,
     string ArtifactsJson, string MetricsJson, string Error, string ErrorCode, DateTimeOffset CreatedAt,
-    DateTimeOffset? StartedAt, DateTimeOffset? FinishedAt, int Attempts);
+    DateTimeOffset? StartedAt, DateTimeOffset? FinishedAt, int Attempts, string? ParentId = null, int ShardIndex = 0,
+    int Children = 0, int WaitingChildren = 0);
 
 /// <summary>An API key as stored: its SHA-256, never the key; <paramref name="Prefix"/> is the key's first characters.</summary>
 internal sealed record ApiKeyRecord(string Sha256, string Name, DateTimeOffset CreatedAt, string Prefix);
@@ -144,8 +145,15 @@ internal sealed class Store
         AddColumn(connection, transaction, "jobs", "lease_expires_ms", "BIGINT");
         AddColumn(connection, transaction, "jobs", "cancel_requested", "INTEGER NOT NULL DEFAULT 0");
         AddColumn(connection, transaction, "api_keys", "prefix", "TEXT NOT NULL DEFAULT ''");
+        // Sharded jobs: a child's parent and index; a parent's number of children and of those not yet succeeded (a
+        // parent is claimable again, to merge, only when none is waiting).
+        AddColumn(connection, transaction, "jobs", "parent_id", "TEXT");
+        AddColumn(connection, transaction, "jobs", "shard_index", "INTEGER NOT NULL DEFAULT 0");
+        AddColumn(connection, transaction, "jobs", "children", "INTEGER NOT NULL DEFAULT 0");
+        AddColumn(connection, transaction, "jobs", "waiting_children", "INTEGER NOT NULL DEFAULT 0");
         Execute(connection, "CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id) WHERE request_id IS NOT NULL;", transaction);
         Execute(connection, "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);", transaction);
+        Execute(connection, "CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent_id) WHERE parent_id IS NOT NULL;", transaction);
         transaction.Commit();
     }
 
@@ -323,6 +331,10 @@ internal sealed class Store
         return Convert.ToInt32(command.ExecuteScalar());
     }
 
+    /// <summary>Queued, or running without a live lease (its host died or let go) and not waiting for its shards.</summary>
+    private string Claimable =>
+        $"state=@queued OR (state=@running AND waiting_children=0 AND (lease_expires_ms IS NULL OR lease_expires_ms < {dialect.NowMs}))";
+
     /// <summary>
     /// Takes the oldest job that is queued, or running under a lease that lapsed (its host died), for <paramref name="owner"/>:
     /// running, leased until <paramref name="lease"/> from now on the database's clock, attempts counted, an attempt
@@ -340,8 +352,7 @@ internal sealed class Store
         using (var claim = Command(connection,
             $"UPDATE jobs SET state=@running, owner=@owner, lease_expires_ms={dialect.NowMs} + @lease, started_at=@at, " +
             "attempts=attempts+1, error='', error_code='' " +
-            "WHERE seq = (SELECT seq FROM jobs WHERE state=@queued OR (state=@running AND " +
-            $"(lease_expires_ms IS NULL OR lease_expires_ms < {dialect.NowMs})) ORDER BY seq LIMIT 1 {dialect.LockRow}) " +
+            $"WHERE seq = (SELECT seq FROM jobs WHERE {Claimable} ORDER BY seq LIMIT 1 {dialect.LockRow}) " +
             "RETURNING id, attempts, lease_expires_ms, cancel_requested",
             ("@running", (int)JobState.Running), ("@queued", (int)JobState.Queued), ("@owner", owner),
             ("@lease", (long)lease.TotalMilliseconds), ("@at", Time(at))))
@@ -415,25 +426,109 @@ internal sealed class Store
             [.. parameters]))
             command.ExecuteNonQuery();
         using var count = Command(connection,
-            $"SELECT COUNT(*) FROM jobs WHERE state=@queued OR (state=@running AND (lease_expires_ms IS NULL OR lease_expires_ms < {dialect.NowMs}))",
+            $"SELECT COUNT(*) FROM jobs WHERE {Claimable}",
             ("@running", (int)JobState.Running), ("@queued", (int)JobState.Queued));
         return Convert.ToInt32(count.ExecuteScalar());
     }
 
-    /// <summary>Asks whichever host runs the job to cancel it (it sees the request when it next renews its lease).</summary>
-    public void RequestCancel(string id)
+    /// <summary>
+    /// Asks whichever host runs the job to cancel it (it sees the request when it next renews its lease). A job waiting
+    /// for its shards, which no host holds, is cancelled here; its queued shards are cancelled and its running ones asked
+    /// to stop, in the same transaction. Returns true when the job is cancelled now.
+    /// </summary>
+    public bool RequestCancel(string id, DateTimeOffset at)
     {
         using var connection = Open();
-        using var command = Command(connection, "UPDATE jobs SET cancel_requested=1 WHERE id=@id AND state=@running",
-            ("@id", id), ("@running", (int)JobState.Running));
-        command.ExecuteNonQuery();
+        using var transaction = connection.BeginTransaction();
+        Run(connection, transaction, "UPDATE jobs SET cancel_requested=1 WHERE id=@id AND state=@running", ("@id", id), ("@running", (int)JobState.Running));
+        int ended = Run(connection, transaction,
+            "UPDATE jobs SET state=@cancelled, error='cancelled by a client', error_code='CANCELLED', finished_at=@at " +
+            "WHERE id=@id AND state=@running AND waiting_children > 0",
+            ("@id", id), ("@running", (int)JobState.Running), ("@cancelled", (int)JobState.Cancelled), ("@at", Time(at)));
+        EndChildren(connection, transaction, id, at);
+        transaction.Commit();
+        return ended > 0;
+    }
+
+    /// <summary>
+    /// Splits a running job that <paramref name="owner"/>'s attempt holds into <paramref name="children"/> (queued, each
+    /// with the parent's id), in one transaction: the parent gives up its lease and waits, unclaimable, until every child
+    /// succeeded (<see cref="FinishJob"/> counts them down). False when the lease was lost or the job was split already.
+    /// </summary>
+    public bool SplitJob(string id, int attempt, string owner, IReadOnlyList<JobRecord> children)
+    {
+        using var connection = Open();
+        using var transaction = connection.BeginTransaction();
+        if (Run(connection, transaction,
+                "UPDATE jobs SET children=@n, waiting_children=@n, owner=NULL, lease_expires_ms=NULL " +
+                "WHERE id=@id AND owner=@owner AND attempts=@attempt AND state=@running AND children=0",
+                ("@id", id), ("@owner", owner), ("@attempt", attempt), ("@running", (int)JobState.Running), ("@n", children.Count)) == 0)
+            return false;
+        foreach (var c in children)
+            Run(connection, transaction,
+                "INSERT INTO jobs(id,kind,state,config_json,created_at,parent_id,shard_index) VALUES(@id,@kind,@state,@config,@created,@parent,@index)",
+                ("@id", c.Id), ("@kind", c.Kind), ("@state", (int)JobState.Queued), ("@config", c.ConfigJson), ("@created", Time(c.CreatedAt)),
+                ("@parent", id), ("@index", c.ShardIndex));
+        transaction.Commit();
+        return true;
+    }
+
+    public IReadOnlyList<JobRecord> ChildJobs(string parentId) => QueryJobs("WHERE parent_id=@p ORDER BY shard_index", ("@p", parentId));
+
+    /// <summary>The children of a parent that ended: queued ones are cancelled, running ones asked to cancel.</summary>
+    private void EndChildren(DbConnection connection, DbTransaction transaction, string parentId, DateTimeOffset at)
+    {
+        Run(connection, transaction,
+            "UPDATE jobs SET state=@cancelled, error='its parent job ended first', error_code='CANCELLED', finished_at=@at " +
+            "WHERE parent_id=@p AND state=@queued",
+            ("@p", parentId), ("@queued", (int)JobState.Queued), ("@cancelled", (int)JobState.Cancelled), ("@at", Time(at)));
+        Run(connection, transaction, "UPDATE jobs SET cancel_requested=1 WHERE parent_id=@p AND state=@running",
+            ("@p", parentId), ("@running", (int)JobState.Running));
+    }
+
+    /// <summary>
+    /// What a child's end does to its parent, in the child's finishing transaction: a success counts the parent's waiting
+    /// children down (at zero the parent is claimable again, to merge); a failure or cancel ends the parent with the
+    /// child's error and stops its siblings.
+    /// </summary>
+    private void EndOfChild(DbConnection connection, DbTransaction transaction, string id, int state, string error, string errorCode, DateTimeOffset at)
+    {
+        string? parent = null;
+        int index = 0;
+        using (var command = Command(connection, "SELECT parent_id, shard_index FROM jobs WHERE id=@id", ("@id", id)))
+        {
+            command.Transaction = transaction;
+            using var reader = command.ExecuteReader();
+            if (reader.Read() && !reader.IsDBNull(0)) (parent, index) = (reader.GetString(0), reader.GetInt32(1));
+        }
+        if (parent is null) return;
+        if (state == (int)JobState.Succeeded)
+        {
+            Run(connection, transaction, "UPDATE jobs SET waiting_children=waiting_children-1 WHERE id=@p AND state=@running AND waiting_children > 0",
+                ("@p", parent), ("@running", (int)JobState.Running));
+            return;
+        }
+        var verb = state == (int)JobState.Cancelled ? "was cancelled" : "failed";
+        if (Run(connection, transaction,
+                "UPDATE jobs SET state=@state, error=@e, error_code=@c, finished_at=@at, lease_expires_ms=NULL WHERE id=@p AND state IN (@queued, @running)",
+                ("@p", parent), ("@state", state), ("@e", $"shard {index} ({id}) {verb}: {error}"), ("@c", errorCode), ("@at", Time(at)),
+                ("@queued", (int)JobState.Queued), ("@running", (int)JobState.Running)) > 0)
+            EndChildren(connection, transaction, parent, at);
+    }
+
+    private static int Run(DbConnection connection, DbTransaction transaction, string sql, params (string Name, object? Value)[] parameters)
+    {
+        using var command = Command(connection, sql, parameters);
+        command.Transaction = transaction;
+        return command.ExecuteNonQuery();
     }
 
     private List<JobRecord> QueryJobs(string where, params (string, object?)[] parameters)
     {
         using var connection = Open();
         using var command = Command(connection,
-            "SELECT id,kind,state,config_json,progress_json,artifacts_json,metrics_json,error,error_code,created_at,started_at,finished_at,attempts FROM jobs " + where,
+            "SELECT id,kind,state,config_json,progress_json,artifacts_json,metrics_json,error,error_code,created_at,started_at,finished_at,attempts," +
+            "parent_id,shard_index,children,waiting_children FROM jobs " + where,
             parameters);
         using var reader = command.ExecuteReader();
         var list = new List<JobRecord>();
@@ -441,7 +536,7 @@ internal sealed class Store
             list.Add(new JobRecord(reader.GetString(0), reader.GetInt32(1), reader.GetInt32(2), reader.GetString(3),
                 reader.IsDBNull(4) ? null : reader.GetString(4), reader.GetString(5), reader.GetString(6), reader.GetString(7),
                 reader.GetString(8), ParseTime(reader.GetString(9)), ParseTime(reader.GetValue(10)), ParseTime(reader.GetValue(11)),
-                reader.GetInt32(12)));
+                reader.GetInt32(12), reader.IsDBNull(13) ? null : reader.GetString(13), reader.GetInt32(14), reader.GetInt32(15), reader.GetInt32(16)));
         return list;
     }
 
@@ -457,7 +552,7 @@ internal sealed class Store
     /// win) and, with <paramref name="holder"/>, only while that owner's attempt holds the job (a host whose lease
     /// lapsed cannot overwrite the host that took the job over). The job's output models and datasets are listed in the
     /// same transaction: none is visible before the job's success, and a kill leaves either all of them with the
-    /// succeeded job or none.
+    /// succeeded job or none. A shard's end reaches its parent in the same transaction too (<see cref="EndOfChild"/>).
     /// </summary>
     public bool FinishJob(string id, int state, int[] fromStates, string artifactsJson, string metricsJson, string error, string errorCode,
         DateTimeOffset at, (string Owner, int Attempt)? holder = null, IReadOnlyList<ModelRecord>? models = null, IReadOnlyList<DatasetRecord>? datasets = null)
@@ -475,6 +570,7 @@ internal sealed class Store
             [.. parameters]);
         command.Transaction = transaction;
         if (command.ExecuteNonQuery() == 0) return false; // disposed uncommitted: rolled back
+        EndOfChild(connection, transaction, id, state, error, errorCode, at);
         foreach (var m in models ?? []) Insert(connection, transaction, m);
         foreach (var d in datasets ?? []) Insert(connection, transaction, d);
         transaction.Commit();
