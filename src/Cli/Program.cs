@@ -19,12 +19,19 @@ var precisionOption = new Option<string?>("--precision")
     Description = "Training precision of every trainer: fp32 or bf16 (bfloat16 compute, float32 master weights); default: the config's (fp32).",
 };
 precisionOption.AcceptOnlyFromAmong([.. TrainingPrecisions.Names]);
-PipelineConfig WithPrecision(PipelineConfig config, ParseResult parse) =>
-    parse.GetValue(precisionOption) is { } name ? config.WithPrecision(TrainingPrecisions.Parse(name)!.Value) : config;
+var paddingFreeOption = new Option<bool>("--padding-free")
+{
+    Description = "Every trainer packs its micro-batches (padding_free: sequences side by side in rows, attention and positions per sequence); default: the config's (off).",
+};
+PipelineConfig WithTrainingOptions(PipelineConfig config, ParseResult parse)
+{
+    if (parse.GetValue(precisionOption) is { } name) config = config.WithPrecision(TrainingPrecisions.Parse(name)!.Value);
+    return parse.GetValue(paddingFreeOption) ? config.WithPaddingFree(true) : config;
+}
 
 var demo = new Command("demo", "The main job: prepare the embedded synthetic task, run the paper's pipeline on it, print the tables.")
 {
-    outOption, sizeOption, deviceOption, threadsOption, precisionOption,
+    outOption, sizeOption, deviceOption, threadsOption, precisionOption, paddingFreeOption,
 };
 demo.SetAction((parse, ct) => Task.Run(() =>
 {
@@ -38,7 +45,7 @@ demo.SetAction((parse, ct) => Task.Run(() =>
     {
         var assets = DefaultTask.Prepare(Path.Combine(output, "task"), progress, ct, size);
         var prepared = new WeakTeacher.Engine.Evaluation.StageTiming("prepare_task", clock.Elapsed.TotalSeconds);
-        return WeakToStrongPipeline.Run(WithPrecision(DemoConfig.Create(assets, output, size, device), parse), progress, ct, [prepared]);
+        return WeakToStrongPipeline.Run(WithTrainingOptions(DemoConfig.Create(assets, output, size, device), parse), progress, ct, [prepared]);
     });
     Console.WriteLine();
     ReportTables.Write(report);
@@ -48,10 +55,10 @@ demo.SetAction((parse, ct) => Task.Run(() =>
 root.Subcommands.Add(demo);
 
 var configOption = new Option<string>("--config") { Description = "Pipeline config file (JSON, see README).", Required = true };
-var run = new Command("run", "Run the whole pipeline on your own checkpoints and data from one config file.") { configOption, threadsOption, precisionOption };
+var run = new Command("run", "Run the whole pipeline on your own checkpoints and data from one config file.") { configOption, threadsOption, precisionOption, paddingFreeOption };
 run.SetAction((parse, ct) => Task.Run(() =>
 {
-    var config = WithPrecision(PipelineConfig.Load(parse.GetValue(configOption)!), parse);
+    var config = WithTrainingOptions(PipelineConfig.Load(parse.GetValue(configOption)!), parse);
     TorchDevice.Initialize(config.Device, threads: parse.GetValue(threadsOption));
     var report = ProgressDisplay.Run(progress => WeakToStrongPipeline.Run(config, progress, ct));
     ReportTables.Write(report);

@@ -62,4 +62,13 @@ public sealed class TrainingOptionsTranslationTests
         Assert.Contains("sft.args.precision", bad.Status.Detail);
         Assert.Contains("fp32, bf16", bad.Status.Detail);
     }
+
+    [Fact]
+    public void PaddingFreeTranslatesForEveryTrainerAndDefaultsOff()
+    {
+        Assert.True(RequestTranslation.Dpo("dpo", new V1.DpoConfig { Args = new V1.TrainingArguments { PaddingFree = true } }).PaddingFree);
+        Assert.True(RequestTranslation.Sft("sft", new V1.SftConfig { Args = new V1.TrainingArguments { PaddingFree = true } }).PaddingFree);
+        Assert.False(RequestTranslation.Sft("sft", new V1.SftConfig { Args = new V1.TrainingArguments() }).PaddingFree);
+        Assert.False(RequestTranslation.Dpo("dpo", new V1.DpoConfig()).PaddingFree);
+    }
 }

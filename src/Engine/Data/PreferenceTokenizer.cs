@@ -36,6 +36,8 @@ public sealed record TokenizedPair(int[] PromptIds, int[] ChosenIds, int[] Rejec
 {
     public int ChosenLength => PromptIds.Length + ChosenIds.Length;
     public int RejectedLength => PromptIds.Length + RejectedIds.Length;
+    /// <summary>The longer side: the width the pair needs in a padded batch.</summary>
+    public int LongerLength => Math.Max(ChosenLength, RejectedLength);
 }
 
 /// <summary>Token ids of one prompt (with BOS) and one response (with EOS), for SFT or scoring.</summary>

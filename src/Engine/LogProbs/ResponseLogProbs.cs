@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using TorchSharp;
 using WeakTeacher.CudaKernels;
 using WeakTeacher.CudaKernels.Memory;
@@ -121,9 +122,8 @@ public static class ResponseLogProbs
     private static ResponseLogProbsDetail Detailed(CausalLM model, Tensor inputIds, Tensor attentionMask, Tensor responseMask, bool wpo, SequenceBatch? batch)
     {
         using var scope = NewDisposeScope();
-        var (sequence, tokens, rowIndex, counts, rows) = RunWithRows(model, inputIds, attentionMask, responseMask, batch);
-        long b = inputIds.shape[0], t = inputIds.shape[1];
-        var sequenceIndex = rowIndex.Div(t, RoundingMode.floor);
+        var (sequence, tokens, sequenceIndex, counts, rows) = RunWithRows(model, inputIds, attentionMask, responseMask, batch);
+        long b = counts.shape[0];
         Tensor logitSums, wpoLog;
         using (no_grad())
         {
@@ -158,7 +158,7 @@ public static class ResponseLogProbs
     private static (Tensor Sequence, Tensor Tokens, Tensor RowIndex, Tensor Counts) Run(CausalLM model, Tensor inputIds,
         Tensor attentionMask, Tensor responseMask, SequenceBatch? batch = null)
     {
-        var (sequence, tokens, rowIndex, counts, _) = RunWithRows(model, inputIds, attentionMask, responseMask, batch);
+        var (sequence, tokens, _, counts, _, rowIndex) = RunWithRowIndex(model, inputIds, attentionMask, responseMask, batch);
         return (sequence, tokens, rowIndex, counts);
     }
 
@@ -174,6 +174,47 @@ public static class ResponseLogProbs
         var rowIndex = sequenceIndex.Mul(t).Add(where.select(1, 1));           // row in the flattened [B*T, H]
         var labels = ids.reshape(b * t).index_select(0, rowIndex.Add(1L));
         return new ScoredRows(sequenceIndex, rowIndex, labels, scored.sum(1, type: int64));
+    }
+
+    /// <summary>
+    /// The scored rows of a collated batch from its layout, on the host: for each sequence (in order) the positions t of
+    /// its span whose token t + 1 is a response token of the same sequence, so no scored row crosses from one packed
+    /// sequence into the next, and the rows come ordered by (sequence, position) as <see cref="ResponseLogProbsDetail"/>
+    /// promises. For a padded batch these are exactly the rows of <see cref="Rows(Tensor, Tensor)"/>.
+    /// </summary>
+    private static ScoredRows Rows(SequenceBatch batch, Tensor hostIds)
+    {
+        int width = batch.SequenceLength;
+        var response = batch.HostResponseMask.contiguous();
+        var responseSpan = MemoryMarshal.Cast<byte, long>(response.bytes);
+        var ids = hostIds.contiguous();
+        var idSpan = MemoryMarshal.Cast<byte, long>(ids.bytes);
+        int total = 0;
+        foreach (var span in batch.Sequences)
+            for (int t = span.Start + 1; t < span.Start + span.Length; t++)
+                if (responseSpan[span.Row * width + t] != 0) total++;
+        var sequenceIndex = new long[total];
+        var rowIndex = new long[total];
+        var labels = new long[total];
+        var counts = new long[batch.SequenceCount];
+        int k = 0;
+        for (int s = 0; s < batch.SequenceCount; s++)
+        {
+            var span = batch.Sequences[s];
+            for (int t = span.Start + 1; t < span.Start + span.Length; t++)
+            {
+                int at = span.Row * width + t;
+                if (responseSpan[at] == 0) continue;
+                sequenceIndex[k] = s;
+                rowIndex[k] = at - 1;                                          // predicted from the token before it
+                labels[k] = idSpan[at];
+                k++;
+                counts[s]++;
+            }
+        }
+        if (!ReferenceEquals(response, batch.HostResponseMask)) response.Dispose();
+        if (!ReferenceEquals(ids, hostIds)) ids.Dispose();
+        return new ScoredRows(tensor(sequenceIndex), tensor(rowIndex), tensor(labels), tensor(counts));
     }
 
     /// <summary>Every id of the host-side batch in [0, vocab): one clear error instead of a device-side assert.</summary>
@@ -193,8 +234,15 @@ public static class ResponseLogProbs
     /// before anything is queued on the device: the hot path reads nothing back from the device (no nonzero() on a device
     /// mask, no device-side index check). Inputs only on the device take the device path (one nonzero() sync).
     /// </summary>
-    private static (Tensor Sequence, Tensor Tokens, Tensor RowIndex, Tensor Counts, Tensor Rows) RunWithRows(CausalLM model, Tensor inputIds,
+    private static (Tensor Sequence, Tensor Tokens, Tensor SequenceIndex, Tensor Counts, Tensor Rows) RunWithRows(CausalLM model, Tensor inputIds,
         Tensor attentionMask, Tensor responseMask, SequenceBatch? batch = null)
+    {
+        var (sequence, tokens, sequenceIndex, counts, rows, _) = RunWithRowIndex(model, inputIds, attentionMask, responseMask, batch);
+        return (sequence, tokens, sequenceIndex, counts, rows);
+    }
+
+    private static (Tensor Sequence, Tensor Tokens, Tensor SequenceIndex, Tensor Counts, Tensor Rows, Tensor RowIndex) RunWithRowIndex(CausalLM model,
+        Tensor inputIds, Tensor attentionMask, Tensor responseMask, SequenceBatch? batch)
     {
         if (inputIds.dim() != 2)
             throw new ArgumentException($"input_ids must be [B, T], got [{string.Join(", ", inputIds.shape)}]", nameof(inputIds));
@@ -202,7 +250,8 @@ public static class ResponseLogProbs
             throw new ArgumentException($"attention_mask [{string.Join(", ", attentionMask.shape)}] must match input_ids [{string.Join(", ", inputIds.shape)}]", nameof(attentionMask));
         if (!responseMask.shape.SequenceEqual(inputIds.shape))
             throw new ArgumentException($"response_mask [{string.Join(", ", responseMask.shape)}] must match input_ids [{string.Join(", ", inputIds.shape)}]", nameof(responseMask));
-        long b = inputIds.shape[0];
+        // sequences, not rows: a packed batch has fewer rows than sequences
+        long b = batch?.SequenceCount ?? inputIds.shape[0];
         var device = model.Device;
         long vocab = model.OutputWeight.shape[0];
         Tensor? hostIds = batch?.HostInputIds ?? (inputIds.device_type == DeviceType.CPU ? inputIds : null);
@@ -214,7 +263,7 @@ public static class ResponseLogProbs
         {
             var host = hostIds!.to(int64);
             CheckIds(host, vocab);
-            var rows = Rows(host, hostResponse!);
+            var rows = batch is not null ? Rows(batch, host) : Rows(host, hostResponse!);
             scored = new ScoredRows(Up(rows.SequenceIndex), Up(rows.RowIndex), Up(rows.Labels), Up(rows.Counts));
             bool there = inputIds.device_type == device.type && inputIds.device_index == device.index;
             ids = there ? inputIds.to(int64) : Up(host);
@@ -229,13 +278,13 @@ public static class ResponseLogProbs
         Tensor Up(Tensor host) => HostTransfers.ToDevice(host.contiguous(), device);
 
         var hidden = model.ForwardHidden(ids, mask);                          // [B, T, H]
-        var rowsHidden = hidden.reshape(b * inputIds.shape[1], hidden.shape[2]).index_select(0, scored.RowIndex);
+        var rowsHidden = hidden.reshape(-1, hidden.shape[2]).index_select(0, scored.RowIndex);
         // host-derived indices are valid by construction (ids checked above, rows from the masks' own shape)
         var (tokens, sequence) = FusedHeadLogProbs.Compute(rowsHidden, model.OutputWeight, scored.Labels, scored.SequenceIndex, (int)b,
             checkIndices: !onHost);
         // TorchSharp's custom-autograd node fills the gradient of an unused output with zeros_like(that output object),
         // so the raw outputs must outlive this call even when only the sequence sums are used: leave them to the GC
         tokens.DetachFromDisposeScope();
-        return (sequence, tokens, scored.RowIndex, scored.Counts, rowsHidden);
+        return (sequence, tokens, scored.SequenceIndex, scored.Counts, rowsHidden, scored.RowIndex);
     }
 }

@@ -123,4 +123,16 @@ public sealed record PipelineConfig
         },
         Student = Student with { Sft = Student.Sft with { Precision = precision }, Dpo = Student.Dpo with { Precision = precision } },
     };
+
+    /// <summary>The same config with every trainer (teacher and student: SFT, DPO, reward) padding-free (packed) or not.</summary>
+    public PipelineConfig WithPaddingFree(bool paddingFree) => this with
+    {
+        Teacher = Teacher with
+        {
+            Sft = Teacher.Sft with { PaddingFree = paddingFree },
+            Dpo = Teacher.Dpo with { PaddingFree = paddingFree },
+            Reward = Teacher.Reward with { PaddingFree = paddingFree },
+        },
+        Student = Student with { Sft = Student.Sft with { PaddingFree = paddingFree }, Dpo = Student.Dpo with { PaddingFree = paddingFree } },
+    };
 }

@@ -23,7 +23,7 @@ internal static class StageFingerprint
         var settings = new SortedDictionary<string, string>(StringComparer.Ordinal);
         foreach (var (name, value) in RunSettingsText.Flatten(request))
         {
-            if (name.Split('.', '[').Any(Ignored.Contains)) continue;
+            if (name.Split('.', '[').Any(Ignored.Contains) || TrainingConfig.IsOmittedDefault(name, value)) continue;
             bool isPath = inputPaths.Any(p => p.EndsWith('.') ? name.StartsWith(p, StringComparison.Ordinal) : name == p);
             settings[name] = isPath ? ContentIdentity(System.Text.Json.JsonSerializer.Deserialize<string>(value) ?? "") : value;
         }

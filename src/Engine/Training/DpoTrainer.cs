@@ -78,7 +78,9 @@ public sealed class DpoTrainer
 
     /// <summary>
     /// The reference values of the dataset (<see cref="ReferenceLogps"/>), from the cache or computed now (reference
-    /// model loaded, run in eval mode without gradients in dataset order, and disposed).
+    /// model loaded, run in eval mode without gradients, and disposed). The pairs go through in batches of similar length
+    /// (<see cref="LengthBatches"/>), packed when <see cref="TrainingConfig.PaddingFree"/>; each value is stored at its
+    /// pair's index, so the result is in dataset order.
     /// </summary>
     public ReferenceLogps ReferenceLogProbs(IReadOnlyList<PreferenceExample> examples, string cacheDir, out bool fromCache)
     {
@@ -89,8 +91,10 @@ public sealed class DpoTrainer
     private ReferenceLogps ReferenceLogProbs(TokenizedPair[] pairs, string dataHash, string cacheDir, out bool fromCache)
     {
         // the reference runs in the training precision; a float32 key is what it was before the setting existed
+        // the batching is in the key: batches of other composition give other float rounding
         string settingsText = TrainerOutputs.SettingsText(Config)
-            + (Config.Precision == TrainingPrecision.Fp32 ? "" : ";precision=" + Config.Precision.Name());
+            + (Config.Precision == TrainingPrecision.Fp32 ? "" : ";precision=" + Config.Precision.Name())
+            + ";batches=by_length" + (Config.PaddingFree ? ";padding_free" : "");
         var key = ReferenceLogProbCache.Key(Reference.Identity, dataHash, settingsText);
         int batchSize = Config.EvalBatchSize > 0 ? Config.EvalBatchSize : Config.BatchSize;
         return ReferenceLogProbCache.GetOrCompute(cacheDir, key, pairs.Length, () =>
@@ -101,18 +105,19 @@ public sealed class DpoTrainer
             Tensor Zeros() => zeros(pairs.Length, 2, dtype: ScalarType.Float32);
             var values = new ReferenceLogps(Zeros(), Zeros(), Zeros());
             using var noGrad = no_grad();
-            for (int start = 0; start < pairs.Length; start += batchSize)
+            foreach (var members in LengthBatches.Plan(pairs.Select(p => p.LongerLength).ToArray(), batchSize))
             {
-                int count = Math.Min(batchSize, pairs.Length - start);
+                int count = members.Length;
                 using var scope = NewDisposeScope();
-                using var batch = Collator.CollatePreferences(new ArraySegment<TokenizedPair>(pairs, start, count), _tokenizer.PadTokenId, reference.Device);
+                using var batch = Collator.CollatePreferences(members.Select(i => pairs[i]).ToArray(), _tokenizer.PadTokenId, reference.Device,
+                    Config.PaddingFree);
                 using var detail = ResponseLogProbs.ComputeDetailed(reference, batch);
+                var at = tensor(members.Select(i => (long)i).ToArray());
                 foreach (var (target, source) in new[] { (values.Logps, detail.SequenceLogps), (values.TokenCounts, detail.TokenCounts.to(ScalarType.Float32)),
                              (values.TailLogps, detail.PairTailLogps(count)) })
                 {
                     var cpu = source.cpu();
-                    target.narrow(0, start, count).select(1, 0).copy_(cpu.narrow(0, 0, count));
-                    target.narrow(0, start, count).select(1, 1).copy_(cpu.narrow(0, count, count));
+                    target.index_copy_(0, at, stack([cpu.narrow(0, 0, count), cpu.narrow(0, count, count)], 1));
                 }
                 Runtime.Failpoints.Hit(Runtime.Failpoints.ReferenceBatchDone);
             }
@@ -128,7 +133,7 @@ public sealed class DpoTrainer
         public int ExampleCount => pairs.Length;
 
         public MicroBatch Prepare(IReadOnlyList<int> exampleIndices) =>
-            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer._policy.Device);
+            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer._policy.Device, trainer.Config.PaddingFree);
 
         public void ForwardBackward(MicroBatch micro, double lossScale, MetricSums sums)
         {

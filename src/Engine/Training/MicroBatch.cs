@@ -17,10 +17,10 @@ internal sealed class MicroBatch(object payload, int[] exampleIndices, double no
 
     /// <summary>The pairs at <paramref name="exampleIndices"/> collated on <paramref name="device"/>; the loss is averaged
     /// over pairs (DPO and reward training).</summary>
-    public static MicroBatch OfPairs(TokenizedPair[] pairs, IReadOnlyList<int> exampleIndices, int padTokenId, Device device)
+    public static MicroBatch OfPairs(TokenizedPair[] pairs, IReadOnlyList<int> exampleIndices, int padTokenId, Device device, bool packed)
     {
         var rows = exampleIndices.Select(i => pairs[i]).ToList();
-        var batch = Collator.CollatePreferences(rows, padTokenId, device);
+        var batch = Collator.CollatePreferences(rows, padTokenId, device, packed);
         return new MicroBatch(batch, exampleIndices.ToArray(), rows.Count, rows.Sum(r => (long)r.ChosenLength + r.RejectedLength));
     }
 }

@@ -69,6 +69,38 @@ public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
         return rewards.MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Rewards [sequences] (float32) of a collated batch, in sequence order. A padded batch goes through
+    /// <see cref="forward"/>; a packed one is pooled the same way within each sequence's span (the rightmost token that is
+    /// not the pad token, else the span's first token, as argmax gives position 0 on a right-padded row), with the
+    /// positions found on the host from the batch's layout.
+    /// </summary>
+    public Tensor Rewards(SequenceBatch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        if (!batch.IsPacked) return forward(batch.InputIds, batch.AttentionMask);
+        using var scope = NewDisposeScope();
+        var device = Device;
+        long width = batch.SequenceLength;
+        var ids = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, long>(batch.HostInputIds.bytes);
+        var pooled = new long[batch.SequenceCount];
+        for (int s = 0; s < pooled.Length; s++)
+        {
+            var span = batch.Sequences[s];
+            int at = span.Start;
+            for (int t = span.Start + span.Length - 1; t >= span.Start; t--)
+            {
+                if (PadTokenId is int pad && ids[(int)(span.Row * width + t)] == pad) continue;
+                at = t;
+                break;
+            }
+            pooled[s] = span.Row * width + at;
+        }
+        var hidden = backbone.ForwardHidden(batch.InputIds.to(ScalarType.Int64).to(device), batch.AttentionMask.to(device));
+        var picked = hidden.reshape(-1, hidden.shape[2]).index_select(0, tensor(pooled).to(device));   // [S, H]
+        return score.forward(picked).squeeze(-1).to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+
     /// <summary>The architectures name of this family's sequence classifier in transformers.</summary>
     public static string ArchitectureName(ModelConfig config) => config.Family switch
     {

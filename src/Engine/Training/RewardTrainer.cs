@@ -65,7 +65,7 @@ public sealed class RewardTrainer
         var pairs = TrainerOutputs.TokenizePairs(_tokenizer, Config, examples, out _);
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        using var batch = Collator.CollatePreferences(pairs, _tokenizer.PadTokenId, Model.Device);
+        using var batch = Collator.CollatePreferences(pairs, _tokenizer.PadTokenId, Model.Device, Config.PaddingFree);
         var sums = new MetricSums();
         var lossSum = PairLosses(Model, batch, Config.UseMargin ? margins?.ToArray() : null, Config.CenterRewardsCoefficient, sums);
         return lossSum.item<float>() / pairs.Length;
@@ -75,7 +75,7 @@ public sealed class RewardTrainer
     private static Tensor PairLosses(RewardModel model, PreferenceBatch batch, double[]? margins, double centerCoefficient, MetricSums sums)
     {
         int b = batch.PairCount;
-        var rewards = model.forward(batch.InputIds, batch.AttentionMask);
+        var rewards = model.Rewards(batch);
         var chosen = rewards.narrow(0, 0, b);
         var rejected = rewards.narrow(0, b, b);
         var difference = chosen - rejected;
@@ -100,7 +100,7 @@ public sealed class RewardTrainer
         public int ExampleCount => pairs.Length;
 
         public MicroBatch Prepare(IReadOnlyList<int> exampleIndices) =>
-            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer.Model.Device);
+            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer.Model.Device, trainer.Config.PaddingFree);
 
         public void ForwardBackward(MicroBatch micro, double lossScale, MetricSums sums)
         {

@@ -47,7 +47,7 @@ public sealed class SftTrainer
         TrainingLoop.Validate(Config);
         var sequences = TrainerOutputs.TokenizeSequences(_tokenizer, Config, examples, out string dataHash);
         TrainerOutputs.PrepareLora(_model, Config);
-        var task = new Task(_model, _tokenizer, sequences);
+        var task = new Task(_model, _tokenizer, sequences, Config.PaddingFree);
         var result = TrainingLoop.Run(task, _model, Config, outputDir, dataHash, progress, cancellationToken);
         if (!result.Completed) return result;
         var (modelDir, adapterDir) = TrainerOutputs.SaveFinal(_model, _tokenizer, Config, outputDir, BaseModelNameOrPath);
@@ -60,7 +60,7 @@ public sealed class SftTrainer
         var sequences = TrainerOutputs.TokenizeSequences(_tokenizer, Config, examples, out _);
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        using var batch = Collator.CollateSft(sequences, _tokenizer.PadTokenId, _model.Device);
+        using var batch = Collator.CollateSft(sequences, _tokenizer.PadTokenId, _model.Device, Config.PaddingFree);
         var logps = ResponseLogProbs.Compute(_model, batch);
         double tokens = sequences.Sum(ScoredTokens);
         return -logps.sum().item<float>() / tokens;
@@ -69,7 +69,7 @@ public sealed class SftTrainer
     /// <summary>Response tokens that get a log-prob (a token at position 0 has no context to be predicted from).</summary>
     internal static int ScoredTokens(TokenizedSequence s) => s.PromptIds.Length > 0 ? s.ResponseIds.Length : s.ResponseIds.Length - 1;
 
-    private sealed class Task(CausalLM model, ITokenizer tokenizer, TokenizedSequence[] sequences) : ITrainingTask
+    private sealed class Task(CausalLM model, ITokenizer tokenizer, TokenizedSequence[] sequences, bool packed) : ITrainingTask
     {
         public string Stage => SftTrainer.Stage;
         public int ExampleCount => sequences.Length;
@@ -77,7 +77,7 @@ public sealed class SftTrainer
         public MicroBatch Prepare(IReadOnlyList<int> exampleIndices)
         {
             var rows = exampleIndices.Select(i => sequences[i]).ToList();
-            var batch = Collator.CollateSft(rows, tokenizer.PadTokenId, model.Device);
+            var batch = Collator.CollateSft(rows, tokenizer.PadTokenId, model.Device, packed);
             return new MicroBatch(batch, exampleIndices.ToArray(), rows.Sum(ScoredTokens), rows.Sum(r => (long)r.Length));
         }
 

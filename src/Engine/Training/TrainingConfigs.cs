@@ -50,6 +50,15 @@ public abstract record TrainingConfig
     /// <summary>"fp32" (default) or "bf16": bfloat16 forward/backward with float32 master weights, gradients, optimizer
     /// state and loss (<see cref="MixedPrecision"/>); DPO's reference then runs in bfloat16 too.</summary>
     public TrainingPrecision Precision { get; init; }
+    /// <summary>TRL's padding_free: each micro-batch's sequences are packed first-fit-decreasing into rows as wide as its
+    /// longest sequence, attention confined to each sequence and positions restarting per sequence, so (almost) no
+    /// compute goes to padding; the results equal the padded path's within float rounding. The DPO reference pass then
+    /// packs too.</summary>
+    public bool PaddingFree { get; init; }
+
+    /// <summary>Settings that did not exist before, at their old behaviour, are left out of run and stage fingerprints,
+    /// so runs and stages finished before them still resume and are reused.</summary>
+    internal static bool IsOmittedDefault(string name, string value) => name == "padding_free" && value == "false";
 
     /// <summary>The tokenisation limits of this config (truncation keeps the prompt's end, TRL's default).</summary>
     [JsonIgnore]

@@ -216,7 +216,7 @@ internal static class TrainingLoop
         foreach (var (name, value) in RunSettingsText.Flatten(config))
         {
             // a float32 run keeps the fingerprint it had before the setting existed, so its checkpoints still resume
-            if (name == "precision" && value == "\"fp32\"") continue;
+            if ((name == "precision" && value == "\"fp32\"") || TrainingConfig.IsOmittedDefault(name, value)) continue;
             if (!NotResultChanging.Contains(name.Split('.', '[')[0])) settings[name] = value;
         }
         return settings;

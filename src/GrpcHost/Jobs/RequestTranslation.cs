@@ -70,6 +70,7 @@ internal static class RequestTranslation
             LoggingSteps = a.HasLoggingSteps ? a.LoggingSteps : config.LoggingSteps,
             Lora = a.DisableLora ? null : ApplyLora($"{field}.lora", config.Lora, a.Lora),
             Precision = precision,
+            PaddingFree = a.HasPaddingFree ? a.PaddingFree : config.PaddingFree,
         };
         if (result.MaxPromptLength >= result.MaxLength)
             throw RequestErrors.Invalid($"{field}.max_prompt_length", $"{result.MaxPromptLength} must be below max_length {result.MaxLength}");
