@@ -151,7 +151,7 @@ public static class ResponseLogProbs
                 wpoLog = SequenceSums.Compute(aligned.contiguous(), sequenceIndex, (int)b) / counts.ClampMin(1L).to(float32);
             }
         }
-        return new ResponseLogProbsDetail(sequence.MoveToOuterDisposeScope(), tokens, sequenceIndex.MoveToOuterDisposeScope(),
+        return new ResponseLogProbsDetail(sequence.MoveToOuterDisposeScope(), tokens.MoveToOuterDisposeScope(), sequenceIndex.MoveToOuterDisposeScope(),
             counts.MoveToOuterDisposeScope(), logitSums.MoveToOuterDisposeScope(), wpo ? wpoLog.MoveToOuterDisposeScope() : null);
     }
 
@@ -282,9 +282,8 @@ public static class ResponseLogProbs
         // host-derived indices are valid by construction (ids checked above, rows from the masks' own shape)
         var (tokens, sequence) = FusedHeadLogProbs.Compute(rowsHidden, model.OutputWeight, scored.Labels, scored.SequenceIndex, (int)b,
             checkIndices: !onHost);
-        // TorchSharp's custom-autograd node fills the gradient of an unused output with zeros_like(that output object),
-        // so the raw outputs must outlive this call even when only the sequence sums are used: leave them to the GC
-        tokens.DetachFromDisposeScope();
+        // the per-token output is disposed with the caller's scope like every other tensor: the fused head's autograd
+        // function turns materialize_grads off, so TorchSharp never reads an output object at backward time (AutogradGrads)
         return (sequence, tokens, scored.SequenceIndex, scored.Counts, rowsHidden, scored.RowIndex);
     }
 }
