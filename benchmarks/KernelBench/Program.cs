@@ -192,9 +192,10 @@ namespace WeakTeacher.Benchmarks
             }
 
             // ---- kernel 2: fused head ----
-            long n2 = gpu ? (o.Quick ? 4096 : 16384) : 128, v2 = gpu ? 50272 : 8192;
+            // CPU: the response rows of a 4 pairs x 128 DPO step at OPT-125M's head (the quick run: a small one)
+            long n2 = gpu ? (o.Quick ? 4096 : 16384) : (o.Quick ? 128 : 512), v2 = gpu || !o.Quick ? 50272 : 8192;
             var headType = gpu ? ScalarType.BFloat16 : ScalarType.Float32;
-            foreach (int h in gpu ? new[] { 768, 2048 } : new[] { 64 })
+            foreach (int h in gpu ? new[] { 768, 2048 } : o.Quick ? new[] { 64 } : new[] { 768 })
             {
                 using var scope = NewDisposeScope();
                 var hidden = (randn([n2, h], ScalarType.Float32, device) * 0.5).to(headType).requires_grad_(true);
@@ -211,6 +212,32 @@ namespace WeakTeacher.Benchmarks
                     autograd.grad([seq.sum()], [hidden, weight]);
                 }, warm, iters);
                 double flops = 6.0 * n2 * v2 * h + 2.0 * n2 * v2 * h;   // fwd matmul, bwd recompute + dH + dW
+                if (!gpu)
+                {
+                    // the CPU keeps the logits for the backward when they fit (no recompute): both paths alternated
+                    // (a busy machine's load shifts between runs), medians
+                    long budget = FusedHeadLogProbs.KeptLogitsElements;
+                    var keptTimes = new List<double>();
+                    var recomputeTimes = new List<double>();
+                    try
+                    {
+                        for (int round = 0; round < iters; round++)
+                            foreach (bool keep in new[] { true, false })
+                            {
+                                FusedHeadLogProbs.KeptLogitsElements = keep ? budget : 0;
+                                (keep ? keptTimes : recomputeTimes).Add(timer.Milliseconds(() =>
+                                {
+                                    var (_, seq) = FusedHeadLogProbs.Compute(hidden, weight, labels, seqIndex, s);
+                                    autograd.grad([seq.sum()], [hidden, weight]);
+                                }, round == 0 ? 1 : 0, 1));
+                            }
+                    }
+                    finally { FusedHeadLogProbs.KeptLogitsElements = budget; }
+                    double keptMs = keptTimes.Order().ElementAt(iters / 2), recomputeMs = recomputeTimes.Order().ElementAt(iters / 2);
+                    bool kept = FusedHeadLogProbs.KeepsLogits(n2, v2, headType, DeviceType.CPU, needWeight: true);
+                    notes.Add($"kernel 2 H={h} on the CPU, alternated, medians of {iters}: {(kept ? "logits kept for the backward" : "over the kept-logits budget")} " +
+                              $"{keptMs:F1} ms, the backward recomputing them {recomputeMs:F1} ms ({recomputeMs / keptMs:F2}x)");
+                }
                 string memory = "";
                 if (gpu)
                 {

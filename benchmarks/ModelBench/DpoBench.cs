@@ -44,9 +44,12 @@ internal static class DpoBench
         };
     }
 
-    public static string Run(IReadOnlyList<string> models, Device device, TrainingPrecision precision, bool quick, Action<string> log)
+    public static string Run(IReadOnlyList<string> models, Device device, TrainingPrecision precision, bool quick, Action<string> log,
+        int? pairsOption = null, int? lengthOption = null)
     {
         (int pairs, int length, int newTokens, int warm, int iters) = quick ? (2, 32, 4, 1, 1) : (16, 512, 64, 2, 5);
+        pairs = pairsOption ?? pairs;
+        length = lengthOption ?? length;
         var rows = new List<string> { "| model | workload | shape | ms/step | throughput | peak MiB |", "| --- | --- | --- | --- | --- | --- |" };
         string shape = $"{pairs} pairs x {length}";
         // --quick (the device script's dry run on the CPU) checks the code path, not the numbers: one small OPT of the
@@ -99,13 +102,19 @@ internal static class DpoBench
 
             // the breakdown: the precomputed-reference step again, synchronised after each stage
             var stages = new double[4];
+            var stagePeaks = new long[4];
+            long liveBefore = Tensor.TotalCount;
             for (int i = 0; i < iters; i++)
             {
-                var t = StageTimes(policy, batch, precomputed, pairs, trainConfig, mixed, optimizer, device);
-                for (int s = 0; s < 4; s++) stages[s] += t[s] / iters;
+                var (t, peaks) = StageTimes(policy, batch, precomputed, pairs, trainConfig, mixed, optimizer, device);
+                for (int s = 0; s < 4; s++) { stages[s] += t[s] / iters; stagePeaks[s] = Math.Max(stagePeaks[s], peaks[s]); }
             }
             string[] stageNames = ["forward", "head + log-probs", "backward", "optimizer"];
-            for (int s = 0; s < 4; s++) Record($"  stage: {stageNames[s]}", stages[s], $"{stages[s] / stages.Sum() * 100:F0}% of the step");
+            for (int s = 0; s < 4; s++)
+                Record($"  stage: {stageNames[s]}", stages[s], $"{stages[s] / stages.Sum() * 100:F0}% of the step" +
+                    (ProcessMemory.CanResetPeak ? $", peak RSS {stagePeaks[s] / (1024.0 * 1024):F0} MiB" : ""));
+            // managed tensors still alive after the steps returned: each holds native memory until disposed or collected
+            log($"live tensors after {iters} instrumented step(s): {Tensor.TotalCount - liveBefore:+0;-0;0} (before: {liveBefore})");
             mixed.End();
             policy.eval();
 
@@ -157,7 +166,7 @@ internal static class DpoBench
         return PreferenceScoring.Loss(inputs, config.LossSettings).Loss;
     }
 
-    private static double[] StageTimes(CausalLM policy, PreferenceBatch batch, Tensor precomputed, int pairs, DpoConfig config,
+    private static (double[] Times, long[] PeakRss) StageTimes(CausalLM policy, PreferenceBatch batch, Tensor precomputed, int pairs, DpoConfig config,
         MixedPrecision mixed, TrainingOptimizer optimizer, Device device)
     {
         using var scope = NewDisposeScope();
@@ -170,23 +179,31 @@ internal static class DpoBench
         var (seqDevice, rowDevice, labelDevice) = (HostTransfers.ToDevice(sequenceIndex, device), HostTransfers.ToDevice(rowIndex, device),
             HostTransfers.ToDevice(labels, device));
         var times = new double[4];
+        var peaks = new long[4];
         var watch = Stopwatch.StartNew();
         TorchDevice.Synchronize(device);
+        ProcessMemory.ResetPeak();
         watch.Restart();
         var hidden = policy.ForwardHidden(batch.InputIds, batch.AttentionMask);
         TorchDevice.Synchronize(device);
         times[0] = watch.Elapsed.TotalMilliseconds;
+        peaks[0] = ProcessMemory.PeakRss();
+        ProcessMemory.ResetPeak();
         watch.Restart();
         var rows = hidden.reshape(b * t, hidden.shape[2]).index_select(0, rowDevice);
         var (_, sequence) = FusedHeadLogProbs.Compute(rows, policy.OutputWeight, labelDevice, seqDevice, (int)b, checkIndices: false);
         var loss = Loss(sequence, precomputed, pairs, config);
         TorchDevice.Synchronize(device);
         times[1] = watch.Elapsed.TotalMilliseconds;
+        peaks[1] = ProcessMemory.PeakRss();
+        ProcessMemory.ResetPeak();
         watch.Restart();
         loss.backward();
         mixed.AccumulateGradients();
         TorchDevice.Synchronize(device);
         times[2] = watch.Elapsed.TotalMilliseconds;
+        peaks[2] = ProcessMemory.PeakRss();
+        ProcessMemory.ResetPeak();
         watch.Restart();
         optimizer.ClipGradients(config.MaxGradNorm);
         optimizer.Step();
@@ -194,7 +211,8 @@ internal static class DpoBench
         optimizer.ZeroGrad();
         TorchDevice.Synchronize(device);
         times[3] = watch.Elapsed.TotalMilliseconds;
-        return times;
+        peaks[3] = ProcessMemory.PeakRss();
+        return (times, peaks);
     }
 
     private static double Timed(Action step, Device device, int warm, int iters)
@@ -205,5 +223,27 @@ internal static class DpoBench
         for (int i = 0; i < iters; i++) step();
         TorchDevice.Synchronize(device);
         return watch.Elapsed.TotalMilliseconds / iters;
+    }
+}
+
+/// <summary>The process's peak resident memory (VmHWM), and its reset (writing 5 to /proc/self/clear_refs, Linux 4.0+),
+/// so that each stage's peak is its own.</summary>
+internal static class ProcessMemory
+{
+    public static bool CanResetPeak { get; } = OperatingSystem.IsLinux() && File.Exists("/proc/self/clear_refs");
+
+    public static void ResetPeak()
+    {
+        if (CanResetPeak) File.WriteAllText("/proc/self/clear_refs", "5");
+    }
+
+    /// <summary>VmHWM in bytes (0 where /proc is absent).</summary>
+    public static long PeakRss()
+    {
+        if (!File.Exists("/proc/self/status")) return 0;
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                return long.Parse(line["VmHWM:".Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
+        return 0;
     }
 }

@@ -4,6 +4,7 @@
 // 16 pairs x 512 tokens) in the baseline's table format (DpoBench.cs). Usage:
 //   dotnet ModelBench.dll [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path]
 //                         [--threads N] [--torch-lib DIR] [--suite model|dpo] [--models opt-125m,opt-1.3b]
+//                         [--pairs N --length T]   (dpo: the shape; the CPU's is 4 x 128)
 // Writes a markdown report to benchmarks/results/model-<device>-<date>.md (or --out).
 using System.Diagnostics;
 using System.Globalization;
@@ -37,11 +38,16 @@ catch (ArgumentException e)
 }
 Seeds.Set(20261127);
 bool gpu = device.type == DeviceType.CUDA;
+if (settings.Suite == "matmul")
+{
+    Console.WriteLine(MatmulRate.Report(device, settings.Quick));
+    return 0;
+}
 if (settings.Suite == "dpo")
 {
     var precision = settings.ScalarType == ScalarType.BFloat16 ? WeakTeacher.Engine.Training.TrainingPrecision.Bf16 : WeakTeacher.Engine.Training.TrainingPrecision.Fp32;
     var clock = Stopwatch.StartNew();
-    string table = DpoBench.Run(settings.Models, device, precision, settings.Quick, Console.WriteLine);
+    string table = DpoBench.Run(settings.Models, device, precision, settings.Quick, Console.WriteLine, settings.Pairs, settings.Length);
     string dpoOut = settings.Out ?? Report.DefaultPath(device, settings.DType).Replace("model-", "engine-dpo-", StringComparison.Ordinal);
     Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(dpoOut))!);
     File.WriteAllText(dpoOut, $"# ModelBench --suite dpo\n\n- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC\n- Command: `dotnet ModelBench.dll {string.Join(' ', args)}`\n" +
@@ -157,13 +163,13 @@ internal sealed record ResultRow(string Name, string Shape, double[] Seconds, do
 }
 
 internal sealed record BenchSettings(string? Device, string DType, ScalarType ScalarType, bool Quick, string? Out, int? Threads, string? TorchLib,
-    string Suite, string[] Models)
+    string Suite, string[] Models, int? Pairs, int? Length)
 {
     public static BenchSettings? Parse(string[] args)
     {
         string? device = null, dtype = "float32", outPath = null, torchLib = null;
         string suite = "model", models = "opt-125m,opt-1.3b";
-        int? threads = null;
+        int? threads = null, pairs = null, length = null;
         bool quick = false;
         for (int i = 0; i < args.Length; i++)
         {
@@ -178,8 +184,10 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
                     case "--out": outPath = Value(); break;
                     case "--threads": threads = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--torch-lib": torchLib = Value(); break;
-                    case "--suite": suite = Value() is "model" or "dpo" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model or dpo"); break;
+                    case "--suite": suite = Value() is "model" or "dpo" or "matmul" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo or matmul"); break;
                     case "--models": models = Value(); break;
+                    case "--pairs": pairs = int.Parse(Value(), CultureInfo.InvariantCulture); break;
+                    case "--length": length = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "-h" or "--help": Usage(); return null;
                     default: throw new ArgumentException($"unknown argument '{args[i]}'");
                 }
@@ -208,11 +216,11 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
             try { DpoBench.Config(name); }
             catch (ArgumentException e) { Console.Error.WriteLine($"ModelBench: --models: {e.Message}"); return null; }
         }
-        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib, suite, names);
+        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib, suite, names, pairs, length);
     }
 
     private static void Usage() => Console.Error.WriteLine(
-        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo] [--models opt-125m,opt-1.3b]");
+        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo] [--models opt-125m,opt-1.3b] [--pairs N --length T (dpo)]");
 }
 
 internal static class Report

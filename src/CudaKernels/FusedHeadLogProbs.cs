@@ -1,4 +1,5 @@
 using WeakTeacher.CudaKernels.Cuda;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace WeakTeacher.CudaKernels;
@@ -12,10 +13,23 @@ namespace WeakTeacher.CudaKernels;
 /// eager (forward + dH). Trained head: the backward walks [rows, V-slice] tiles of up to 8 * chunkRows * V elements
 /// (all rows when they fit), recomputes each tile's logits, turns them into dlogits in place and adds
 /// dH += dlogits @ W[slice], dW[slice] = dlogits^T @ h (one product, rounded once, when the tile has every row).
+/// On the CPU, when all N x V float32 logits fit <see cref="KeptLogitsElements"/>, a trained head's forward keeps them
+/// (written block by block into one buffer), and the backward turns them into dlogits in place instead of recomputing
+/// them: three vocabulary-sized products per step instead of four (eager's is two, over every row, prompt included).
 /// Per-sequence sums are deterministic (<see cref="SequenceSums"/>).
 /// </summary>
 public static class FusedHeadLogProbs
 {
+    /// <summary>Most float32 elements of logits a trained head's forward keeps for its backward on the CPU: 2^27
+    /// (512 MiB; 4 pairs x 128 tokens of OPT's vocabulary keep about 100 MiB). Above it the backward recomputes them in
+    /// tiles. Tests set it to 0 to exercise the recompute path; the results do not depend on it.</summary>
+    internal static long KeptLogitsElements { get; set; } = 1L << 27;
+
+    /// <summary>Whether the forward keeps the logits for the backward: a trained head, float32/float64 on the CPU (the
+    /// CUDA path's memory is the scarce resource there), N x V within <see cref="KeptLogitsElements"/>.</summary>
+    internal static bool KeepsLogits(long n, long vocab, ScalarType dtype, DeviceType device, bool needWeight) =>
+        needWeight && device == DeviceType.CPU && dtype is ScalarType.Float32 or ScalarType.Float64 && n * vocab <= KeptLogitsElements;
+
     /// <summary>Elements of one logits block when <c>chunkRows</c> is 0 (auto): 2^25 (128 MiB in float32).</summary>
     public const long AutoBlockElements = 1L << 25;
 
@@ -83,16 +97,22 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         // frozen head (LoRA): the backward needs only dH = g * (onehot - p) @ W, and (onehot - p) @ W is a per-row
         // [H] vector each forward block can compute while its logits are alive, so the backward recomputes nothing
         bool frozenHead = needHidden && !needWeight;
+        // trained head on the CPU within budget: the logits of every row, kept for the backward (no recompute there)
+        bool keep = !cuda && !frozenHead && FusedHeadLogProbs.KeepsLogits(n, weight.shape[0], hidden.dtype, hidden.device_type, needWeight);
 
         var token = empty(n, ScalarType.Float32, hidden.device);
         var lse = empty(n, ScalarType.Float32, hidden.device);
         Tensor? headGrad = frozenHead ? empty_like(hidden) : null;   // [N, H]: (onehot - p) @ W per row, 0 on ignored rows
+        Tensor? kept = keep ? empty([n, weight.shape[0]], hidden.dtype, hidden.device) : null;
         var weightT = weight.t();
         for (long start = 0; start < n; start += chunkRows)
         {
             using var scope = NewDisposeScope();
             long rows = Math.Min(chunkRows, n - start);
-            var logits = hidden.narrow(0, start, rows).mm(weightT);
+            // beta 0: the uninitialised buffer is ignored, not read (torch.addmm's documented rule)
+            var logits = kept is not null
+                ? kept.narrow(0, start, rows).addmm_(hidden.narrow(0, start, rows), weightT, beta: 0, alpha: 1)
+                : hidden.narrow(0, start, rows).mm(weightT);
             var labelsBlock = labels.narrow(0, start, rows);
             var tokenBlock = token.narrow(0, start, rows);
             var lseBlock = lse.narrow(0, start, rows);
@@ -115,7 +135,8 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
             headGrad.narrow(0, start, rows).copy_(q.mm(weight));
         }
         var sequence = ReferenceLogProbs.SequenceSums(token, seqIndex, numSequences);
-        ctx.save_for_backward(headGrad is null ? [hidden, weight, labels, seqIndex, lse] : [headGrad, labels, seqIndex]);
+        ctx.save_for_backward(headGrad is not null ? [headGrad, labels, seqIndex]
+            : kept is not null ? [hidden, weight, labels, seqIndex, lse, kept] : [hidden, weight, labels, seqIndex, lse]);
         ctx.save_data("ignoreIndex", ignoreIndex);
         ctx.save_data("chunkRows", chunkRows);
         ctx.save_data("cuda", cuda);
@@ -159,6 +180,7 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         }
         Tensor hidden = saved[0], weight = saved[1], labels = saved[2], seqIndex = saved[3], lse = saved[4];
         long n = hidden.shape[0], vocab = weight.shape[0];
+        if (saved.Count > 5) return KeptBackward(hidden, weight, labels, seqIndex, lse, saved[5], grads, numSequences, ignoreIndex, chunkRows, needHidden);
         // float32/float64 inputs accumulate in place; bfloat16/float16 in float32 buffers
         bool full = hidden.dtype is ScalarType.Float32 or ScalarType.Float64;
 
@@ -229,5 +251,34 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         }
         if (dHidden32 is not null) dHidden = full ? dHidden32 : dHidden32.to(hidden.dtype);
         return [dHidden!, dWeight!, null!, null!, null!, null!, null!, null!, null!, null!];
+    }
+
+    /// <summary>The backward from the kept [N, V] logits (CPU, float32/float64): each row block becomes dlogits in place,
+    /// then dH = dlogits W and dW = dlogits^T h, one product each over all rows, rounded once as eager's.</summary>
+    private static List<Tensor> KeptBackward(Tensor hidden, Tensor weight, Tensor labels, Tensor seqIndex, Tensor lse, Tensor logits,
+        List<Tensor> grads, int numSequences, long ignoreIndex, int chunkRows, bool needHidden)
+    {
+        long n = hidden.shape[0];
+        Tensor dHidden, dWeight;
+        using (var scope = NewDisposeScope())
+        {
+            var rowGrad = ReferenceLogProbs.RowGrad(AutogradGrads.OrZeros(grads[0], n, hidden.device),
+                AutogradGrads.OrZeros(grads[1], numSequences, hidden.device), labels, seqIndex, ignoreIndex);
+            // block by block so that the temporaries of the softmax stay one [chunkRows, V] block
+            for (long start = 0; start < n; start += chunkRows)
+            {
+                using var blockScope = NewDisposeScope();
+                long rows = Math.Min(chunkRows, n - start);
+                var block = logits.narrow(0, start, rows);
+                var labelsBlock = labels.narrow(0, start, rows);
+                var lseBlock = lse.narrow(0, start, rows);
+                var gradBlock = rowGrad.narrow(0, start, rows);
+                // in place on the kept block (float64 inputs keep float64 logits: lse and g follow their dtype)
+                ReferenceLogProbs.BackwardBlock(block, labelsBlock, ignoreIndex, lseBlock.to(block.dtype), gradBlock.to(block.dtype));
+            }
+            dHidden = needHidden ? logits.mm(weight).MoveToOuterDisposeScope() : null!;
+            dWeight = logits.t().mm(hidden).MoveToOuterDisposeScope();
+        }
+        return [dHidden, dWeight, null!, null!, null!, null!, null!, null!, null!, null!];
     }
 }

@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace WeakTeacher.CudaKernels.Tests;
@@ -6,11 +7,39 @@ namespace WeakTeacher.CudaKernels.Tests;
 public sealed class FusedHeadLogProbsTests
 {
     [Theory]
-    [InlineData(29, 16, 509, 4, 0)]     // auto: one block
-    [InlineData(29, 16, 509, 4, 6)]     // 5 forward blocks, the last partial; one backward tile of all 29 rows x 509
-    [InlineData(100, 16, 509, 7, 1)]    // backward tiles of 63 rows x 64 columns: 2 row tiles (the last partial) x 8 slices
-    [InlineData(10, 8, 50272, 3, 4)]
-    public void ValuesAndGradientsMatchThePlainFormula(int n, int hiddenSize, int vocab, int s, int chunkRows)
+    [InlineData(29, 16, 509, 4, 0, false)]     // auto: one block
+    [InlineData(29, 16, 509, 4, 6, false)]     // 5 forward blocks, the last partial; one backward tile of all 29 rows x 509
+    [InlineData(100, 16, 509, 7, 1, false)]    // backward tiles of 63 rows x 64 columns: 2 row tiles (the last partial) x 8 slices
+    [InlineData(10, 8, 50272, 3, 4, false)]
+    [InlineData(29, 16, 509, 4, 0, true)]      // the CPU's kept logits: one block
+    [InlineData(29, 16, 509, 4, 6, true)]      // kept, 5 blocks in both directions, the last partial
+    [InlineData(10, 8, 50272, 3, 4, true)]
+    public void ValuesAndGradientsMatchThePlainFormula(int n, int hiddenSize, int vocab, int s, int chunkRows, bool keepLogits)
+    {
+        long budget = FusedHeadLogProbs.KeptLogitsElements;
+        FusedHeadLogProbs.KeptLogitsElements = keepLogits ? (long)n * vocab : 0;
+        try
+        {
+            Assert.Equal(keepLogits, FusedHeadLogProbs.KeepsLogits(n, vocab, ScalarType.Float32, DeviceType.CPU, needWeight: true));
+            CheckAgainstThePlainFormula(n, hiddenSize, vocab, s, chunkRows);
+        }
+        finally
+        {
+            FusedHeadLogProbs.KeptLogitsElements = budget;
+        }
+    }
+
+    [Fact]
+    public void KeptLogitsOnlyForATrainedHeadOnTheCpuWithinTheBudget()
+    {
+        Assert.True(FusedHeadLogProbs.KeepsLogits(512, 50272, ScalarType.Float32, DeviceType.CPU, needWeight: true));   // 4 pairs x 128
+        Assert.False(FusedHeadLogProbs.KeepsLogits(16384, 50272, ScalarType.Float32, DeviceType.CPU, needWeight: true)); // 16 x 512: 3.3 GB
+        Assert.False(FusedHeadLogProbs.KeepsLogits(512, 50272, ScalarType.Float32, DeviceType.CUDA, needWeight: true));
+        Assert.False(FusedHeadLogProbs.KeepsLogits(512, 50272, ScalarType.BFloat16, DeviceType.CPU, needWeight: true));
+        Assert.False(FusedHeadLogProbs.KeepsLogits(512, 50272, ScalarType.Float32, DeviceType.CPU, needWeight: false));
+    }
+
+    private static void CheckAgainstThePlainFormula(int n, int hiddenSize, int vocab, int s, int chunkRows)
     {
         var gen = new TorchSharp.torch.Generator((ulong)(n * 7 + chunkRows));
         var hidden64 = randn([n, hiddenSize], ScalarType.Float64, generator: gen).requires_grad_(true);
