@@ -15,6 +15,7 @@ public static class AtomicFile
     /// <summary>Runs <paramref name="write"/> on a temporary stream and renames the result into place.</summary>
     public static T Write<T>(string path, Func<Stream, T> write)
     {
+        Runtime.WriteFence.Check(path); // before removing leftovers: they may be another writer's temporary files
         string temp = TempPath(path);
         try
         {
@@ -24,6 +25,7 @@ public static class AtomicFile
                 result = write(stream);
                 stream.Flush(flushToDisk: true);
             }
+            Runtime.WriteFence.Check(path);
             File.Move(temp, path, overwrite: true);
             return result;
         }

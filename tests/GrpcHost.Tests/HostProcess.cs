@@ -152,6 +152,14 @@ internal sealed class HostProcess : IAsyncDisposable
         process.WaitForExit(10_000);
     }
 
+    /// <summary>SIGSTOP / SIGCONT: the process freezes (as in a long GC pause or a frozen VM) and later runs on.</summary>
+    public void Freeze(bool frozen)
+    {
+        using var kill = Process.Start("kill", [frozen ? "-STOP" : "-CONT", process.Id.ToString()])!;
+        kill.WaitForExit();
+        if (kill.ExitCode != 0) throw new InvalidOperationException($"kill {(frozen ? "-STOP" : "-CONT")} {process.Id} failed ({kill.ExitCode})");
+    }
+
     public async Task<int> StopAsync()
     {
         if (!process.HasExited)

@@ -117,6 +117,102 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
         }
     }
 
+    [Fact]
+    public async Task A_host_frozen_past_its_lease_wakes_to_find_its_job_taken_stops_without_writing_and_the_result_is_a_single_hosts()
+    {
+        await shared.RequireStagesAsync();
+        var bin = PostgreSqlServer.FindBinaries();
+        if (bin is null) Assert.Skip("PostgreSQL's server programs are not installed (/usr/lib/postgresql/N/bin; ./build.sh test installs Debian's postgresql)");
+        const int steps = 12, saveSteps = 4;
+        var ct = TestContext.Current.CancellationToken;
+        var singleThreaded = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["MKL_DYNAMIC"] = "FALSE" };
+        var importDir = shared.TaskDir;
+        var request = (string model, string data) => PipelineTests.TeacherRequest(model, data, steps, saveSteps);
+        var reference = Task.Run(async () =>
+        {
+            await using var single = await HostProcess.StartAsync(HostProcess.NewDataDir(), ["--ImportDir", importDir], environment: singleThreaded);
+            var (model, data) = await Import(single);
+            var jobs = new JobsService.JobsServiceClient(single.Channel);
+            var job = await PipelineTests.WaitForEnd(jobs, (await jobs.TrainAsync(request(model, data))).JobId);
+            Assert.True(job.State == JobState.Succeeded, $"reference run: {job.State} {job.Error}");
+            return await Client.DownloadModel(single.Channel, job.Artifacts.Single(a => a.Name == "policy").Id);
+        }, ct);
+
+        await using var database = await PostgreSqlServer.StartAsync(bin);
+        var dataDir = HostProcess.NewDataDir();
+        string[] Args(int i) => ["--ImportDir", importDir, "--JobStore:PostgreSql", database.ConnectionString, "--JobStore:HostId", $"replica-{i}",
+            "--JobStore:LeaseSeconds", "10", "--JobStore:PollMilliseconds", "200"];
+        var hosts = await Task.WhenAll(Enumerable.Range(0, 2).Select(i => HostProcess.StartAsync(dataDir, Args(i), environment: singleThreaded)));
+        try
+        {
+            var (baseModel, labelled) = await Import(hosts[0]);
+            var jobId = (await new JobsService.JobsServiceClient(hosts[0].Channel).TrainAsync(request(baseModel, labelled))).JobId;
+            await using var connection = new NpgsqlConnection(database.ConnectionString);
+            await connection.OpenAsync(ct);
+
+            // Past a checkpoint of the DPO stage, freeze (SIGSTOP) the host that holds the job.
+            var deadline = DateTime.UtcNow.AddMinutes(3);
+            string owner;
+            while (true)
+            {
+                var job = await new JobsService.JobsServiceClient(hosts[1].Channel).GetJobAsync(new GetJobRequest { JobId = jobId });
+                Assert.False(job.State is JobState.Succeeded or JobState.Failed, $"the job ended before it could be frozen: {job}");
+                if (job.State == JobState.Running && job.Progress is { } p && p.Stage.Contains("dpo") && p.Step >= saveSteps + 2)
+                {
+                    owner = (string)(await Scalar(connection, "SELECT owner FROM jobs WHERE id=@v", jobId))!;
+                    break;
+                }
+                Assert.True(DateTime.UtcNow < deadline, $"the job did not reach DPO step {saveSteps + 2} in 3 minutes: {job}");
+                await Task.Delay(100, ct);
+            }
+            int frozen = owner == "replica-0" ? 0 : owner == "replica-1" ? 1 : throw new Xunit.Sdk.XunitException($"owner '{owner}' is none of the replicas");
+            var other = hosts[1 - frozen];
+            hosts[frozen].Freeze(true);
+            try
+            {
+                // The other host claims the job once the lease lapsed and resumes it; then the frozen host runs on.
+                while ((long)(await Scalar(connection, "SELECT COUNT(*) FROM job_attempts WHERE job_id=@v AND attempt >= 2", jobId))! == 0)
+                {
+                    Assert.True(DateTime.UtcNow < deadline.AddMinutes(1), $"no other host took the job from the frozen one\n{Logs(hosts)}");
+                    await Task.Delay(100, ct);
+                }
+            }
+            finally { hosts[frozen].Freeze(false); }
+
+            Job finished;
+            try { finished = await PipelineTests.WaitForEnd(new JobsService.JobsServiceClient(other.Channel), jobId, TimeSpan.FromMinutes(3)); }
+            catch (RpcException e) { throw new Xunit.Sdk.XunitException($"waiting for the job: {e.Status}\n{Logs(hosts)}"); }
+            Assert.True(finished.State == JobState.Succeeded, $"{finished.State} {finished.Error}\n{Logs(hosts)}");
+
+            // The woken host stopped its run as a lost lease (its writes refused or its run cancelled), recorded so,
+            // and never finished the job; it keeps serving.
+            var stopped = DateTime.UtcNow.AddMinutes(1);
+            while (await Scalar(connection, "SELECT ended_ms FROM job_attempts WHERE job_id=@v AND attempt=1", jobId) is null or DBNull)
+            {
+                Assert.True(DateTime.UtcNow < stopped, $"the woken host did not end its attempt\n{Logs(hosts)}");
+                await Task.Delay(200, ct);
+            }
+            var outcome = (string)(await Scalar(connection, "SELECT outcome FROM job_attempts WHERE job_id=@v AND attempt=1", jobId))!;
+            Assert.True(outcome.StartsWith("lease lost", StringComparison.Ordinal), $"attempt 1 ended '{outcome}'\n{Logs(hosts)}");
+            Assert.Contains("Job stopped", hosts[frozen].Log);
+            TestContext.Current.TestOutputHelper?.WriteLine($"frozen host's attempt: {outcome}; " +
+                (hosts[frozen].Log.Contains("write refused") ? "a late write was refused" : "its run was cancelled before it wrote"));
+            Assert.Equal("succeeded", (string)(await Scalar(connection, "SELECT outcome FROM job_attempts WHERE job_id=@v ORDER BY attempt DESC LIMIT 1", jobId))!);
+            Assert.Equal(global::Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving, await hosts[frozen].HealthAsync());
+
+            var replicated = await Client.DownloadModel(other.Channel, finished.Artifacts.Single(a => a.Name == "policy").Id);
+            var single = await reference;
+            var weights = single.Keys.Where(k => k.EndsWith(".safetensors")).ToList();
+            Assert.NotEmpty(weights);
+            foreach (var file in weights)
+                Assert.True(single[file].AsSpan().SequenceEqual(replicated[file]), $"{file} differs between the frozen-host run and a single host's");
+        }
+        finally
+        {
+            foreach (var host in hosts) await host.DisposeAsync();
+        }
+    }
+
     private static async Task<(string Model, string Data)> Import(HostProcess host)
     {
         var model = await new ModelsService.ModelsServiceClient(host.Channel).ImportModelAsync(new ImportModelRequest { Path = "teacher-base" });

@@ -202,6 +202,7 @@ public static class PretrainedModel
                 $"the model has LoRA adapters ({adapters[0]}, ...); merge them (Projection.MergeLora) or save them as an adapter, not as a Hugging Face model");
         var savedType = dtype ?? model.DType;
 
+        Runtime.WriteFence.Check(dir);
         Directory.CreateDirectory(dir);
         // save folders of an earlier save that a kill interrupted: loaders ignore them, a copy of the folder would not
         foreach (var leftover in Directory.EnumerateDirectories(dir, SaveFolderPrefix + "*")) Directory.Delete(leftover, recursive: true);
@@ -253,6 +254,7 @@ public static class PretrainedModel
             written.Add(GenerationConfigFile);
             Runtime.Failpoints.Hit(Runtime.Failpoints.ModelSaveStaged);
 
+            Runtime.WriteFence.Check(dir);
             foreach (var name in written) File.Move(Path.Combine(temp, name), Path.Combine(dir, name), overwrite: true);
             // weight files of an earlier save that this one did not replace would be read by loaders: remove them
             foreach (var stale in Directory.EnumerateFiles(dir).Select(Path.GetFileName).ToList())

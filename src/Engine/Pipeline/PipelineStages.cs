@@ -159,7 +159,10 @@ public static class PipelineStages
         if (TryReadResult(workDir, settings, out string? redo) is { } done) return done;
         // generations of another request (other models or sampling) must not be picked up as if complete
         if (redo is not null && Directory.Exists(workDir))
+        {
+            WriteFence.Check(workDir);
             foreach (var stale in Directory.GetFiles(workDir, "generations-*.jsonl")) File.Delete(stale);
+        }
         var device = TorchDevice.Initialize(request.Device);
         var template = PromptTemplate.Get(request.Template);
         var prompts = PromptFile.Read(request.PromptsPath);
@@ -323,6 +326,7 @@ public static class PipelineStages
         redo = StageFingerprint.Mismatch(stored.Settings, settings);
         if (redo is not null)
         {
+            WriteFence.Check(path);
             File.Delete(path);
             return null;
         }
@@ -349,6 +353,7 @@ public static class PipelineStages
         redo = StageFingerprint.Mismatch(stored.Settings, settings);
         if (redo is not null)
         {
+            WriteFence.Check(path);
             File.Delete(path);
             return null;
         }
@@ -374,6 +379,7 @@ public static class PipelineStages
     /// so a kill in between costs no training, only this removal at the next start.)</summary>
     private static void RemoveCheckpoints(string outputDir)
     {
+        WriteFence.Check(outputDir);
         foreach (var checkpoint in Directory.GetDirectories(outputDir, "checkpoint-*")) Directory.Delete(checkpoint, recursive: true);
     }
 

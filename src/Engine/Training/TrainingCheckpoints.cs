@@ -78,6 +78,7 @@ public static class TrainingCheckpoints
     public static string Save(string outputDir, TrainerState state, IEnumerable<(string Name, Tensor Tensor)> trainable,
         TrainingOptimizer optimizer, int saveTotalLimit)
     {
+        Runtime.WriteFence.Check(outputDir);
         Directory.CreateDirectory(outputDir);
         var final = Path.Combine(outputDir, FolderName(state.GlobalStep));
         var temp = final + ".tmp";
@@ -88,6 +89,7 @@ public static class TrainingCheckpoints
         using (var rng = torch.get_rng_state())
             SafeTensors.Save(new Dictionary<string, Tensor> { ["torch_cpu"] = rng }, Path.Combine(temp, RngFile));
         File.WriteAllText(Path.Combine(temp, StateFile), JsonSerializer.Serialize(state, TrainerState.Json));
+        Runtime.WriteFence.Check(final);
         if (Directory.Exists(final)) Directory.Delete(final, recursive: true);
         Directory.Move(temp, final);
         if (saveTotalLimit > 0)
@@ -103,6 +105,7 @@ public static class TrainingCheckpoints
     public static void RemoveIncomplete(string outputDir)
     {
         if (!Directory.Exists(outputDir)) return;
+        Runtime.WriteFence.Check(outputDir);
         foreach (var dir in Directory.GetDirectories(outputDir, "checkpoint-*.tmp"))
             Directory.Delete(dir, recursive: true);
     }

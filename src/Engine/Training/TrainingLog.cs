@@ -53,6 +53,7 @@ public sealed class TrainingLog : IDisposable
             foreach (var (name, value) in metrics)
                 row.Append(',').Append(JsonSerializer.Serialize(name)).Append(':').Append(FormatNumber(value));
             row.Append('}');
+            Runtime.WriteFence.Check("training log"); // appends would land in another holder's log
             _writer.WriteLine(row.ToString());
             _writer.Flush();
         }

@@ -28,6 +28,8 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
             while (!stoppingToken.IsCancellationRequested)
             {
                 JobClaim? claim;
+                // the lease runs from when the claim was sent at the latest
+                var claimSent = Stopwatch.GetTimestamp();
                 try { claim = store.ClaimJob(jobs.HostId, Lease, DateTimeOffset.UtcNow); }
                 catch (System.Data.Common.DbException e)
                 {
@@ -35,13 +37,13 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
                     claim = null;
                 }
                 if (claim is null) await jobs.WaitForWorkAsync(stoppingToken);
-                else await RunOne(claim, stoppingToken);
+                else await RunOne(claim, claimSent, stoppingToken);
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested) { }
     }
 
-    private async Task RunOne(JobClaim claim, CancellationToken stoppingToken)
+    private async Task RunOne(JobClaim claim, long claimSent, CancellationToken stoppingToken)
     {
         var job = claim.Job;
         var id = job.Id;
@@ -51,7 +53,9 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
         var clock = Stopwatch.StartNew();
         var finalState = JobState.Failed;
         var outcome = "failed";
-        var lease = new LeaseKeeper(store, id, job.Attempts, jobs.HostId, Lease, cts, logger);
+        var lease = new LeaseKeeper(store, id, job.Attempts, jobs.HostId, Lease, claimSent, cts, logger);
+        // every publishing write of the stage and of the registration first checks that this attempt still holds the job
+        using var fence = Engine.Runtime.WriteFence.Enter(lease.WriteRefusal);
         if (claim.CancelRequested) cts.Cancel();
         var renewing = lease.RunAsync();
         try
@@ -101,11 +105,14 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
             Try(() => store.ReleaseLeases(jobs.HostId, id));
             logger.LogWarning("Host stopping: job left running, it resumes from its checkpoint at the next start (or on another host)");
         }
-        catch (OperationCanceledException) when (lease.Lost)
+        catch (Exception e) when (lease.Lost)
         {
+            // whatever the stage threw once the lease was gone (a refused write, a cancel, an error of a half-stopped
+            // stage): the job is another host's to finish, never failed from here
             finalState = JobState.Running;
-            outcome = "lease lost";
-            logger.LogWarning("Job stopped: its lease could not be renewed, so another host may run it now");
+            outcome = e is Engine.Runtime.FencedWriteException ? "lease lost, write refused" : "lease lost";
+            if (e is Engine.Runtime.FencedWriteException) logger.LogWarning("Job stopped: {Error}; another host may hold it now", e.Message);
+            else logger.LogWarning("Job stopped: its lease could not be renewed, so another host may run it now");
         }
         catch (OperationCanceledException) when (cts.IsCancellationRequested)
         {
@@ -140,13 +147,33 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
     /// <summary>
     /// Renews a running job's lease every third of its length. A client's cancel (from any host) cancels the run; so
     /// does a lease that could not be renewed, before it lapses, so that a host cut off from the store stops before
-    /// another host may claim the job.
+    /// another host may claim the job. It is also the job's write fence (<see cref="WriteRefusal"/>).
     /// </summary>
-    private sealed class LeaseKeeper(Store store, string id, int attempt, string owner, TimeSpan lease, CancellationTokenSource run, ILogger logger)
+    private sealed class LeaseKeeper(Store store, string id, int attempt, string owner, TimeSpan lease, long claimSent,
+        CancellationTokenSource run, ILogger logger)
     {
         private readonly CancellationTokenSource stop = new();
         private volatile bool lost;
+        // Stopwatch timestamp of sending the last renewal (or the claim) that the store confirmed: the lease lasts at
+        // least a lease from then. Monotonic, so it keeps counting while the process is stopped or paused.
+        private long confirmedSent = claimSent;
         public bool Lost => lost;
+
+        /// <summary>
+        /// Null while this attempt may write into the job's folder; otherwise why not. Refused once the lease is lost,
+        /// or when 2/3 of the lease passed since the last confirmed renewal was sent (the process stalled, or the store
+        /// is unreachable): another host may claim the job from the full lease on, and the margin absorbs clock-rate
+        /// differences. A refusal stops the run as a lost lease does.
+        /// </summary>
+        public string? WriteRefusal()
+        {
+            if (lost) return "this host's lease on the job was lost";
+            var since = Stopwatch.GetElapsedTime(Interlocked.Read(ref confirmedSent));
+            if (since < lease * 2 / 3) return null;
+            lost = true;
+            Cancel();
+            return $"attempt {attempt}'s lease was last confirmed {since.TotalSeconds:F1}s ago (lease {lease.TotalSeconds:F0}s)";
+        }
 
         public void Stop() => stop.Cancel();
 
@@ -168,6 +195,7 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
                         return;
                     }
                     LeaseState state;
+                    var sent = Stopwatch.GetTimestamp();
                     try { state = store.RenewLease(id, attempt, owner, lease); }
                     catch (System.Data.Common.DbException e)
                     {
@@ -181,6 +209,7 @@ internal sealed partial class JobWorker(string device, JobManager jobs, Store st
                         return;
                     }
                     renewed.Restart();
+                    Interlocked.Exchange(ref confirmedSent, sent);
                     if (state == LeaseState.CancelRequested) Cancel();
                 }
             }

@@ -87,6 +87,8 @@ internal sealed class StageRunner(Catalog catalog)
         foreach (var (name, rawPath) in output.Artifacts.OrderBy(a => a.Key, StringComparer.Ordinal))
         {
             var path = Path.IsPathRooted(rawPath) ? rawPath : Path.Combine(workDir, rawPath);
+            // a holder whose lease lapsed must not publish what its (maybe interrupted) run left for another's success
+            WriteFence.Check(path);
             var safe = new string(name.Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' ? c : '_').ToArray());
             var display = name is "model" or "labelled" or "teacher" ? outputName ?? $"{kindName}-{job.Id}" : $"{outputName ?? kindName + "-" + job.Id}-{safe}";
             if (Directory.Exists(path))
