@@ -571,6 +571,11 @@ internal sealed class Store
         command.Transaction = transaction;
         if (command.ExecuteNonQuery() == 0) return false; // disposed uncommitted: rolled back
         EndOfChild(connection, transaction, id, state, error, errorCode, at);
+        // the holder's attempt ends with the job, so no reader sees a finished job whose attempt still runs
+        if (holder is { } end)
+            Run(connection, transaction,
+                $"UPDATE job_attempts SET ended_ms={dialect.NowMs}, outcome=@outcome WHERE job_id=@id AND attempt=@attempt AND ended_ms IS NULL",
+                ("@id", id), ("@attempt", end.Attempt), ("@outcome", ((JobState)state).ToString().ToLowerInvariant()));
         foreach (var m in models ?? []) Insert(connection, transaction, m);
         foreach (var d in datasets ?? []) Insert(connection, transaction, d);
         transaction.Commit();
