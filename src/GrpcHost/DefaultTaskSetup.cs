@@ -7,7 +7,9 @@ namespace WeakTeacher.GrpcHost;
 
 /// <summary>
 /// `--default-task`: prepares the embedded synthetic task once into &lt;DataDir&gt;/default-task and registers its base
-/// models and datasets under fixed ids, so a client can start training at once.
+/// models and datasets under fixed ids, so a client can start training at once. Replicas started together on one shared
+/// store and data folder take turns under a store-wide lock: the first prepares and registers, the others wait for it
+/// and find the task registered (a holder that dies releases the lock, and the next one prepares).
 /// </summary>
 internal static class DefaultTaskSetup
 {
@@ -17,10 +19,12 @@ internal static class DefaultTaskSetup
     public const string Unlabelled = "default-unlabelled";
     public const string EvalPrompts = "default-eval-prompts";
 
-    public static async Task RunAsync(ServiceOptions options, string size, DataLayout layout, Catalog catalog, ILogger logger, CancellationToken ct)
+    public static async Task RunAsync(ServiceOptions options, string size, DataLayout layout, Catalog catalog, Store store, ILogger logger, CancellationToken ct)
     {
         if (!Enum.TryParse<DefaultTaskSize>(size, ignoreCase: true, out var taskSize))
             throw new InvalidOperationException($"DefaultTaskSize: '{size}' is not one of {string.Join(", ", Enum.GetNames<DefaultTaskSize>())}");
+        if (store.Shared) logger.LogInformation("Waiting for the default task's lock (another host may be preparing it)");
+        await using var held = await store.HoldLockAsync("default-task", ct);
         if (catalog.GetModelOrNull(TeacherBase) is not null && catalog.GetModelOrNull(StudentBase) is not null &&
             catalog.GetDatasetOrNull(Labelled) is not null && catalog.GetDatasetOrNull(Unlabelled) is not null &&
             catalog.GetDatasetOrNull(EvalPrompts) is not null)

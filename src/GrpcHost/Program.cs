@@ -130,7 +130,7 @@ metrics.ObserveQueue(() => jobs.QueueLength, () => jobs.RunningCount);
 
 if (options.DefaultTask)
     await DefaultTaskSetup.RunAsync(options, builder.Configuration["DefaultTaskSize"] ?? "Demo", layout,
-        app.Services.GetRequiredService<Catalog>(), logger, app.Lifetime.ApplicationStopping);
+        app.Services.GetRequiredService<Catalog>(), store, logger, app.Lifetime.ApplicationStopping);
 
 int waiting = jobs.Recover();
 if (waiting > 0) logger.LogInformation("{Count} jobs wait to run (queued, or interrupted by a stop: those resume from their checkpoints)", waiting);

@@ -213,6 +213,43 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
         }
     }
 
+    [Fact]
+    public async Task Replicas_started_together_with_the_default_task_prepare_it_once()
+    {
+        var bin = PostgreSqlServer.FindBinaries();
+        if (bin is null) Assert.Skip("PostgreSQL's server programs are not installed (/usr/lib/postgresql/N/bin; ./build.sh test installs Debian's postgresql)");
+        await using var database = await PostgreSqlServer.StartAsync(bin);
+        var dataDir = HostProcess.NewDataDir();
+        // The task's files as the shared host made them (same size and seed), so preparing them costs nothing here: what
+        // is checked is that one replica prepares and registers while the others wait for it.
+        foreach (var file in Directory.EnumerateFiles(shared.TaskDir, "*", SearchOption.AllDirectories))
+        {
+            var target = Path.Combine(dataDir, "default-task", Path.GetRelativePath(shared.TaskDir, file));
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            File.Copy(file, target);
+        }
+        string[] Args(int i) => ["--default-task", "--DefaultTaskSize", "Tiny", "--JobStore:PostgreSql", database.ConnectionString,
+            "--JobStore:HostId", $"replica-{i}"];
+        var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(i => HostProcess.StartAsync(dataDir, Args(i), timeout: TimeSpan.FromMinutes(2))));
+        try
+        {
+            var prepared = hosts.Count(h => h.Log.Contains("Preparing the embedded default task"));
+            Assert.True(prepared == 1, $"{prepared} replicas prepared the default task\n{Logs(hosts)}");
+            Assert.Equal(2, hosts.Count(h => h.Log.Contains("Default task already registered")));
+            foreach (var host in hosts)
+            {
+                var models = (await new ModelsService.ModelsServiceClient(host.Channel).ListModelsAsync(new ListModelsRequest())).Models;
+                Assert.Contains(models, m => m.Id == "default-teacher-base");
+                Assert.Contains(models, m => m.Id == "default-student-base");
+            }
+            Assert.Empty(Directory.GetFileSystemEntries(Path.Combine(dataDir, "models", "default-teacher-base"), "*.save-*", SearchOption.AllDirectories));
+        }
+        finally
+        {
+            foreach (var host in hosts) await host.DisposeAsync();
+        }
+    }
+
     private static async Task<(string Model, string Data)> Import(HostProcess host)
     {
         var model = await new ModelsService.ModelsServiceClient(host.Channel).ImportModelAsync(new ImportModelRequest { Path = "teacher-base" });

@@ -194,6 +194,46 @@ internal sealed class Store
     private static DateTimeOffset ParseTime(string s) => DateTimeOffset.Parse(s, null, System.Globalization.DateTimeStyles.RoundtripKind);
     private static DateTimeOffset? ParseTime(object value) => value is string s ? ParseTime(s) : null;
 
+    /// <summary>
+    /// Waits for, then holds until disposed, a lock named <paramref name="name"/> across every host sharing the store:
+    /// PostgreSQL's session advisory lock on a connection of its own, so a host that dies while holding it releases it
+    /// with its connection. The embedded store serves one host, whose callers need no lock.
+    /// </summary>
+    public async Task<IAsyncDisposable> HoldLockAsync(string name, CancellationToken ct)
+    {
+        if (!Shared) return new Held(null);
+        var connection = (NpgsqlConnection)Open();
+        try
+        {
+            await using var command = new NpgsqlCommand("SELECT pg_advisory_lock(hashtext(@name))", connection);
+            command.Parameters.AddWithValue("name", "wt:" + name);
+            command.CommandTimeout = 0; // as long as the holder takes
+            await command.ExecuteNonQueryAsync(ct);
+            return new Held(connection);
+        }
+        catch
+        {
+            await connection.DisposeAsync();
+            throw;
+        }
+    }
+
+    private sealed class Held(NpgsqlConnection? connection) : IAsyncDisposable
+    {
+        // closing the session releases its advisory locks (a pooled connection is reset with DISCARD ALL)
+        public async ValueTask DisposeAsync()
+        {
+            if (connection is null) return;
+            try
+            {
+                await using var unlock = new NpgsqlCommand("SELECT pg_advisory_unlock_all()", connection);
+                await unlock.ExecuteNonQueryAsync();
+            }
+            catch (NpgsqlException) { } // the session is gone, and its locks with it
+            finally { await connection.DisposeAsync(); }
+        }
+    }
+
     public void Ping()
     {
         using var connection = Open();
