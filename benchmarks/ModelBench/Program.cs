@@ -1,9 +1,10 @@
 // Model throughput benchmark: an OPT-125M-sized model with random weights; forward tokens/s and greedy
 // generation new tokens/s (KV cache). With --suite dpo: the engine doing benchmarks/torch_baseline.py's work (DPO step
 // with and without the reference forward, per-stage breakdown, labelling, generation; OPT-125M and OPT-1.3B configs,
-// 16 pairs x 512 tokens) in the baseline's table format (DpoBench.cs). Usage:
+// 16 pairs x 512 tokens) in the baseline's table format (DpoBench.cs). With --suite packing: packed (padding_free)
+// against padded DPO steps and length-sorted against input-order batches on long-tailed lengths (PackingBench.cs). Usage:
 //   dotnet ModelBench.dll [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path]
-//                         [--threads N] [--torch-lib DIR] [--suite model|dpo] [--models opt-125m,opt-1.3b]
+//                         [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|packing] [--models opt-125m,opt-1.3b]
 //                         [--pairs N --length T]   (dpo: the shape; the CPU's is 4 x 128)
 // Writes a markdown report to benchmarks/results/model-<device>-<date>.md (or --out).
 using System.Diagnostics;
@@ -38,6 +39,17 @@ catch (ArgumentException e)
 }
 Seeds.Set(20261127);
 bool gpu = device.type == DeviceType.CUDA;
+if (settings.Suite == "packing")
+{
+    string packingTable = PackingBench.Run(device, settings.Quick, Console.WriteLine);
+    string packingOut = settings.Out ?? Report.DefaultPath(device, settings.DType).Replace("model-", "packing-", StringComparison.Ordinal);
+    Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(packingOut))!);
+    File.WriteAllText(packingOut, $"# ModelBench --suite packing\n\n- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC\n- Machine: {TorchDevice.Describe(device)}\n" +
+        $"- Command: `dotnet ModelBench.dll {string.Join(' ', args)}`\n\n{packingTable}");
+    Console.WriteLine(packingTable);
+    Console.WriteLine($"wrote {packingOut}");
+    return 0;
+}
 if (settings.Suite == "matmul")
 {
     Console.WriteLine(MatmulRate.Report(device, settings.Quick));
@@ -184,7 +196,7 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
                     case "--out": outPath = Value(); break;
                     case "--threads": threads = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--torch-lib": torchLib = Value(); break;
-                    case "--suite": suite = Value() is "model" or "dpo" or "matmul" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo or matmul"); break;
+                    case "--suite": suite = Value() is "model" or "dpo" or "matmul" or "packing" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo, matmul or packing"); break;
                     case "--models": models = Value(); break;
                     case "--pairs": pairs = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--length": length = int.Parse(Value(), CultureInfo.InvariantCulture); break;
@@ -220,7 +232,7 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
     }
 
     private static void Usage() => Console.Error.WriteLine(
-        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo] [--models opt-125m,opt-1.3b] [--pairs N --length T (dpo)]");
+        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|packing] [--models opt-125m,opt-1.3b] [--pairs N --length T (dpo)]");
 }
 
 internal static class Report

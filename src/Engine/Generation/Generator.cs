@@ -198,12 +198,10 @@ public static class Generator
         }
 
         // similar lengths together: less padding to compute over
-        int[] order = Enumerable.Range(0, prompts.Count).OrderByDescending(i => encoded[i].Count).ThenBy(i => i).ToArray();
         var texts = new string[prompts.Count];
         using var generator = options.DoSample && options.Seed is long seed ? new torch.Generator((ulong)seed, model.Device) : null;
-        for (int start = 0; start < order.Length; start += batchSize)
+        foreach (int[] rows in Data.LengthBatches.Plan(encoded.Select(e => e.Count).ToArray(), batchSize))
         {
-            int[] rows = order.Skip(start).Take(batchSize).ToArray();
             int width = rows.Max(i => encoded[i].Count);
             var ids = new long[rows.Length * width];
             var mask = new long[rows.Length * width];

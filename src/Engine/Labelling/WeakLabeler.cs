@@ -78,8 +78,8 @@ public sealed record LabellingResult(IReadOnlyList<UnlabelledPair> Pairs, IReadO
 /// <summary>
 /// Labels unlabelled pairs with a weak teacher (paper Sec. 3.1 step 2): a DPO teacher's implicit reward
 /// r(x, y) = log pi(y|x) - log pi_ref(y|x) (summed over response tokens; chosen = larger r, via
-/// <see cref="PreferenceScoring.LabelPairs"/>), or a reward model's score (Appendix C). Deterministic: batches run in
-/// input order in eval mode. <see cref="LabelBatch"/> is safe to call from several threads (one batch at a time), so a
+/// <see cref="PreferenceScoring.LabelPairs"/>), or a reward model's score (Appendix C). Deterministic: eval mode, and
+/// <see cref="LabelAll"/> forms its batches from the pairs' lengths alone (<see cref="LengthBatches"/>). <see cref="LabelBatch"/> is safe to call from several threads (one batch at a time), so a
 /// service can keep the models loaded and label streams of pairs.
 /// </summary>
 public sealed class WeakLabeler : IDisposable
@@ -146,17 +146,22 @@ public sealed class WeakLabeler : IDisposable
     {
         ArgumentNullException.ThrowIfNull(pairs);
         if (pairs.Count == 0) return Array.Empty<PairLabel>();
+        return LabelTokenized(pairs.Select(p => _rules.Tokenize(p.Prompt, p.ResponseA, p.ResponseB)).ToList());
+    }
+
+    /// <summary>The labels of tokenised pairs, all in one batch per model.</summary>
+    private PairLabel[] LabelTokenized(IReadOnlyList<TokenizedPair> tokenized)
+    {
         lock (_gate)
         {
             using var noGrad = no_grad();
             using var scope = NewDisposeScope();
-            var tokenized = pairs.Select(p => _rules.Tokenize(p.Prompt, p.ResponseA, p.ResponseB)).ToList();
             int b = tokenized.Count;
             ImplicitRewardLabels labels;
             if (_rewardModel is not null)
             {
                 using var batch = Collator.CollatePreferences(tokenized, _tokenizer.PadTokenId, _rewardModel.Device);
-                var rewards = _rewardModel.forward(batch.InputIds, batch.AttentionMask);
+                var rewards = _rewardModel.Rewards(batch);
                 var zero = zeros_like(rewards.narrow(0, 0, b));
                 labels = PreferenceScoring.LabelPairs(rewards.narrow(0, 0, b), zero, rewards.narrow(0, b, b), zero, Options.Beta);
             }
@@ -196,7 +201,7 @@ public sealed class WeakLabeler : IDisposable
             if (_rewardModel is not null)
             {
                 using var batch = Collator.CollateSequences(tokenized, _tokenizer.PadTokenId, _rewardModel.Device);
-                rewards = _rewardModel.forward(batch.InputIds, batch.AttentionMask);
+                rewards = _rewardModel.Rewards(batch);
             }
             else
             {
@@ -210,8 +215,12 @@ public sealed class WeakLabeler : IDisposable
     }
 
     /// <summary>
-    /// Labels every pair, in batches of <paramref name="batchSize"/> in input order. With <paramref name="marginQuantile"/>
-    /// q &gt; 0 only pairs whose |margin| is at or above the q-quantile of all |margins| are kept (0 keeps all, as the paper).
+    /// Labels every pair, in batches of <paramref name="batchSize"/> pairs of similar length: within each window of
+    /// <see cref="LengthBatches.Window"/> pairs the pairs are sorted by their longer side, so a batch pads little; the
+    /// labels come back in input order. Windows are aligned runs of the input, so a label shard of whole windows
+    /// (<see cref="Pipeline.LabelShards.Slice"/>) forms the very batches of a single run. With
+    /// <paramref name="marginQuantile"/> q &gt; 0 only pairs whose |margin| is at or above the q-quantile of all |margins|
+    /// are kept (0 keeps all, as the paper).
     /// </summary>
     public LabellingResult LabelAll(IReadOnlyList<UnlabelledPair> pairs, int batchSize = 16, double marginQuantile = 0,
         IProgress<JobProgress>? progress = null, CancellationToken cancellationToken = default)
@@ -220,20 +229,24 @@ public sealed class WeakLabeler : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
         if (!(marginQuantile >= 0 && marginQuantile < 1))
             throw new ArgumentOutOfRangeException(nameof(marginQuantile), marginQuantile, "the margin quantile must lie in [0, 1)");
-        var labels = new List<PairLabel>(pairs.Count);
+        var tokenized = pairs.Select(p => _rules.Tokenize(p.Prompt, p.ResponseA, p.ResponseB)).ToArray();
+        var plan = LengthBatches.Plan(tokenized.Select(t => t.LongerLength).ToArray(), batchSize, LengthBatches.Window(batchSize));
+        var labels = new PairLabel[pairs.Count];
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        int batches = (pairs.Count + batchSize - 1) / batchSize;
-        for (int start = 0, k = 0; start < pairs.Count; start += batchSize, k++)
+        int done = 0;
+        for (int k = 0; k < plan.Count; k++)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var batch = pairs.Skip(start).Take(batchSize).ToList();
-            labels.AddRange(LabelBatch(batch));
+            var members = plan[k];
+            var batchLabels = LabelTokenized(members.Select(i => tokenized[i]).ToArray());
+            for (int j = 0; j < members.Length; j++) labels[members[j]] = batchLabels[j];
+            done += members.Length;
             if (progress is not null)
             {
                 double elapsed = clock.Elapsed.TotalSeconds;
-                TimeSpan? eta = k + 1 < batches ? TimeSpan.FromSeconds(elapsed / (k + 1) * (batches - k - 1)) : TimeSpan.Zero;
-                progress.Report(new JobProgress("label", k + 1, batches,
-                    new Dictionary<string, double> { ["pairs"] = labels.Count }, 0, eta));
+                TimeSpan? eta = k + 1 < plan.Count ? TimeSpan.FromSeconds(elapsed / (k + 1) * (plan.Count - k - 1)) : TimeSpan.Zero;
+                progress.Report(new JobProgress("label", k + 1, plan.Count,
+                    new Dictionary<string, double> { ["pairs"] = done }, 0, eta));
             }
         }
         return Filter(pairs, labels, marginQuantile);

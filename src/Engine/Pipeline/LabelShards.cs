@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using WeakTeacher.Engine.Data;
 using WeakTeacher.Engine.Labelling;
 using WeakTeacher.Engine.Runtime;
 using WeakTeacher.Engine.Training;
@@ -31,7 +32,8 @@ public sealed record LabelShardManifest
 
 /// <summary>
 /// Labelling split over processes or hosts that share a folder: shard I of N labels a deterministic, contiguous slice of
-/// the unlabelled set (whole batches, so every batch is the one a single run forms and the labels are the same bits) and
+/// the unlabelled set (whole length-sorting windows of whole batches, so every batch is the one a single run forms and
+/// the labels are the same bits) and
 /// writes its labels atomically with a completion manifest; <see cref="Merge"/> checks that every shard is there, finished
 /// and cut from the same input with the same settings, then writes the labelled set in input order through the writer a
 /// single run uses, so the merged files are byte-identical to a single-process run. A shard that is already complete
@@ -48,17 +50,19 @@ public static class LabelShards
         WriteIndented = true,
     };
 
-    /// <summary>Rows [Start, Start + Count) of shard <paramref name="index"/> of <paramref name="count"/>: the batches of
-    /// <paramref name="batchSize"/> pairs are split as evenly as whole batches allow (a shard may be empty).</summary>
+    /// <summary>Rows [Start, Start + Count) of shard <paramref name="index"/> of <paramref name="count"/>: the labeller's
+    /// length-sorting windows (<see cref="LengthBatches.Window"/> of <paramref name="batchSize"/>) are split as evenly as
+    /// whole windows allow (a shard may be empty), so each shard forms the batches a single run forms.</summary>
     public static (int Start, int Count) Slice(int totalRows, int batchSize, int index, int count)
     {
         CheckShard(index, count);
         ArgumentOutOfRangeException.ThrowIfNegative(totalRows);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
-        long batches = (totalRows + (long)batchSize - 1) / batchSize;
-        long firstBatch = batches * index / count, endBatch = batches * (index + 1) / count;
-        int start = (int)Math.Min(firstBatch * batchSize, totalRows), end = (int)Math.Min(endBatch * batchSize, totalRows);
-        return (start, end - start);
+        long window = LengthBatches.Window(batchSize);
+        long windows = (totalRows + window - 1) / window;
+        long first = windows * index / count, end = windows * (index + 1) / count;
+        int start = (int)Math.Min(first * window, totalRows), stop = (int)Math.Min(end * window, totalRows);
+        return (start, stop - start);
     }
 
     public static string ShardName(int index, int count) => $"shard-{index:D5}-of-{count:D5}";

@@ -195,8 +195,9 @@ public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
     }
 
     /// <summary>
-    /// Rewards of (prompt, response) texts, in input order, batched: the prompt is tokenised as DPO does (BOS, template
-    /// already applied by the caller), the response followed by EOS, truncated to <paramref name="options"/>.
+    /// Rewards of (prompt, response) texts, in input order, in batches of similar length (<see cref="LengthBatches"/>):
+    /// the prompt is tokenised as DPO does (BOS, template already applied by the caller), the response followed by EOS,
+    /// truncated to <paramref name="options"/>.
     /// </summary>
     public float[] Score(IReadOnlyList<(string Prompt, string Response)> items, ITokenizer tokenizer, int batchSize = 16,
         TokenizationOptions? options = null)
@@ -210,15 +211,13 @@ public sealed class RewardModel : nn.Module<Tensor, Tensor, Tensor>
         try
         {
             using var noGrad = no_grad();
-            for (int start = 0; start < items.Count; start += batchSize)
+            var sequences = items.Select(i => tokenizerRules.TokenizeSequence(i.Prompt, i.Response)).ToArray();
+            foreach (var members in LengthBatches.Plan(sequences.Select(s => s.Length).ToArray(), batchSize))
             {
-                int count = Math.Min(batchSize, items.Count - start);
-                var sequences = new List<TokenizedSequence>(count);
-                for (int i = 0; i < count; i++) sequences.Add(tokenizerRules.TokenizeSequence(items[start + i].Prompt, items[start + i].Response));
                 using var scope = NewDisposeScope();
-                using var batch = Collator.CollateSequences(sequences, tokenizer.PadTokenId, Device);
-                var rewards = forward(batch.InputIds, batch.AttentionMask).cpu();
-                rewards.data<float>().ToArray().CopyTo(result, start);
+                using var batch = Collator.CollateSequences(members.Select(i => sequences[i]).ToArray(), tokenizer.PadTokenId, Device);
+                var rewards = forward(batch.InputIds, batch.AttentionMask).cpu().data<float>().ToArray();
+                for (int j = 0; j < members.Length; j++) result[members[j]] = rewards[j];
             }
         }
         finally

@@ -76,4 +76,41 @@ public class LengthBatchingTests
             Assert.True((stack([tails.narrow(0, 0, count), tails.narrow(0, count, count)], 1) - values.TailLogps.narrow(0, start, count)).abs().max().item<float>() < 1e-4);
         }
     }
+
+    /// <summary>Pairs of long-tailed lengths in shuffled order, as unlabelled pairs.</summary>
+    private static List<UnlabelledPair> ShuffledPairs(int count, int seed) =>
+        PackedTrainingTests.VariedPairs(count, seed).Select((p, i) => new UnlabelledPair("p" + i, p.Prompt, p.Chosen, p.Rejected, i % 2))
+            .ToList();
+
+    [Fact]
+    public void LabellingInLengthOrderGivesTheInputOrderLabels()
+    {
+        using var policy = TrainingTestKit.Opt(41);
+        using var reference = TrainingTestKit.Opt(42);
+        using var labeler = WeakTeacher.Engine.Labelling.WeakLabeler.FromDpoTeacher(policy, reference, Tok);
+        // more pairs than one window of batches of 3 (24), so several windows are sorted
+        var pairs = ShuffledPairs(LengthBatches.Window(3) + 13, 43);
+        var sorted = labeler.LabelAll(pairs, batchSize: 3, cancellationToken: TestContext.Current.CancellationToken).Labels;
+        for (int start = 0; start < pairs.Count; start += 3)
+        {
+            var unsorted = labeler.LabelBatch(pairs.Skip(start).Take(3).ToList());
+            for (int j = 0; j < unsorted.Count; j++)
+            {
+                var (a, b) = (unsorted[j], sorted[start + j]);
+                Assert.True(Math.Abs(a.RewardA - b.RewardA) < 1e-4 && Math.Abs(a.RewardB - b.RewardB) < 1e-4, $"pair {start + j}: {a} vs {b}");
+                if (Math.Abs(a.Margin) > 1e-3) Assert.Equal(a.Label, b.Label);
+            }
+        }
+    }
+
+    [Fact]
+    public void RewardScoresInLengthOrderAreTheInputOrderScores()
+    {
+        using var backbone = TrainingTestKit.Opt(44);
+        using var model = new RewardModel(backbone, seed: 45) { PadTokenId = Tok.PadTokenId };
+        var items = ShuffledPairs(23, 46).Select(p => (p.Prompt, p.ResponseA)).ToList();
+        var sorted = model.Score(items, Tok, batchSize: 4);
+        var one = items.Select(i => model.Score([i], Tok, batchSize: 1)[0]).ToArray();
+        for (int i = 0; i < items.Count; i++) Assert.True(Math.Abs(one[i] - sorted[i]) < 1e-5, $"item {i}: {one[i]} vs {sorted[i]}");
+    }
 }
