@@ -45,9 +45,10 @@ internal static class DpoBench
     }
 
     public static string Run(IReadOnlyList<string> models, Device device, TrainingPrecision precision, bool quick, Action<string> log,
-        int? pairsOption = null, int? lengthOption = null)
+        int? pairsOption = null, int? lengthOption = null, int? itersOption = null)
     {
         (int pairs, int length, int newTokens, int warm, int iters) = quick ? (2, 32, 4, 1, 1) : (16, 512, 64, 2, 5);
+        if (itersOption is int n) (warm, iters) = (1, n);
         pairs = pairsOption ?? pairs;
         length = lengthOption ?? length;
         var rows = new List<string> { "| model | workload | shape | ms/step | throughput | peak MiB |", "| --- | --- | --- | --- | --- | --- |" };

@@ -4,8 +4,10 @@
 // 16 pairs x 512 tokens) in the baseline's table format (DpoBench.cs). With --suite packing: packed (padding_free)
 // against padded DPO steps and length-sorted against input-order batches on long-tailed lengths (PackingBench.cs). Usage:
 //   dotnet ModelBench.dll [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path]
-//                         [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|packing] [--models opt-125m,opt-1.3b]
-//                         [--pairs N --length T]   (dpo: the shape; the CPU's is 4 x 128)
+//                         [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|generate|packing] [--models opt-125m,opt-1.3b]
+//                         [--pairs N --length T --iters N]   (dpo: the shape, the CPU's is 4 x 128; 1 warm-up + N timed)
+//   --suite matmul: the matmul rate (training-sized, decode head layouts, OpenBLAS where WT_HOST_BLAS=openblas) and the BLAS mapped
+//   --suite generate: greedy KV-cache generation 8 x (32 + 64) (--pairs rows, --length new tokens), OPT-125M config
 // Writes a markdown report to benchmarks/results/model-<device>-<date>.md (or --out).
 using System.Diagnostics;
 using System.Globalization;
@@ -50,6 +52,28 @@ if (settings.Suite == "packing")
     Console.WriteLine($"wrote {packingOut}");
     return 0;
 }
+if (settings.Suite == "generate")
+{
+    // the decode shape: greedy, KV cache, 8 x (32 + 64) on OPT-125M (random weights); medians of 3
+    var optConfig = DpoBench.Config("opt-125m");
+    using var opt = CausalLMFactory.Create(optConfig, device, ScalarType.Float32, seed: 1);
+    int rowsGen = settings.Pairs ?? 8, promptGen = 32, newGen = settings.Length ?? 64;
+    using var promptIds = torch.randint(3, optConfig.VocabSize, new long[] { rowsGen, promptGen }, dtype: ScalarType.Int64, device: device);
+    using var promptOnes = torch.ones(rowsGen, promptGen, dtype: ScalarType.Int64, device: device);
+    var options = new GenerationOptions { MaxNewTokens = newGen, MinNewTokens = newGen };
+    var genTimes = new List<double>();
+    for (int i = 0; i < (settings.Quick ? 2 : 4); i++)
+    {
+        var watch = Stopwatch.StartNew();
+        using var result = Generator.Generate(opt, promptIds, promptOnes, options);
+        if (i > 0) genTimes.Add(watch.Elapsed.TotalSeconds);   // the first is the warm-up
+    }
+    genTimes.Sort();
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+        $"generation {rowsGen} x ({promptGen} + {newGen}), greedy, KV cache: {rowsGen * newGen / genTimes[genTimes.Count / 2]:F1} new tokens/s " +
+        $"(median of {genTimes.Count}); head product: {WeakTeacher.CudaKernels.HostBlas.Description}; BLAS mapped: {MatmulRate.LoadedBlas()}"));
+    return 0;
+}
 if (settings.Suite == "matmul")
 {
     Console.WriteLine(MatmulRate.Report(device, settings.Quick));
@@ -59,7 +83,7 @@ if (settings.Suite == "dpo")
 {
     var precision = settings.ScalarType == ScalarType.BFloat16 ? WeakTeacher.Engine.Training.TrainingPrecision.Bf16 : WeakTeacher.Engine.Training.TrainingPrecision.Fp32;
     var clock = Stopwatch.StartNew();
-    string table = DpoBench.Run(settings.Models, device, precision, settings.Quick, Console.WriteLine, settings.Pairs, settings.Length);
+    string table = DpoBench.Run(settings.Models, device, precision, settings.Quick, Console.WriteLine, settings.Pairs, settings.Length, settings.Iters);
     string dpoOut = settings.Out ?? Report.DefaultPath(device, settings.DType).Replace("model-", "engine-dpo-", StringComparison.Ordinal);
     Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(dpoOut))!);
     File.WriteAllText(dpoOut, $"# ModelBench --suite dpo\n\n- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC\n- Command: `dotnet ModelBench.dll {string.Join(' ', args)}`\n" +
@@ -175,13 +199,13 @@ internal sealed record ResultRow(string Name, string Shape, double[] Seconds, do
 }
 
 internal sealed record BenchSettings(string? Device, string DType, ScalarType ScalarType, bool Quick, string? Out, int? Threads, string? TorchLib,
-    string Suite, string[] Models, int? Pairs, int? Length)
+    string Suite, string[] Models, int? Pairs, int? Length, int? Iters)
 {
     public static BenchSettings? Parse(string[] args)
     {
         string? device = null, dtype = "float32", outPath = null, torchLib = null;
         string suite = "model", models = "opt-125m,opt-1.3b";
-        int? threads = null, pairs = null, length = null;
+        int? threads = null, pairs = null, length = null, iters = null;
         bool quick = false;
         for (int i = 0; i < args.Length; i++)
         {
@@ -196,10 +220,11 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
                     case "--out": outPath = Value(); break;
                     case "--threads": threads = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--torch-lib": torchLib = Value(); break;
-                    case "--suite": suite = Value() is "model" or "dpo" or "matmul" or "packing" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo, matmul or packing"); break;
+                    case "--suite": suite = Value() is "model" or "dpo" or "matmul" or "generate" or "packing" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo, matmul, generate or packing"); break;
                     case "--models": models = Value(); break;
                     case "--pairs": pairs = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--length": length = int.Parse(Value(), CultureInfo.InvariantCulture); break;
+                    case "--iters": iters = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "-h" or "--help": Usage(); return null;
                     default: throw new ArgumentException($"unknown argument '{args[i]}'");
                 }
@@ -228,11 +253,11 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
             try { DpoBench.Config(name); }
             catch (ArgumentException e) { Console.Error.WriteLine($"ModelBench: --models: {e.Message}"); return null; }
         }
-        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib, suite, names, pairs, length);
+        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib, suite, names, pairs, length, iters);
     }
 
     private static void Usage() => Console.Error.WriteLine(
-        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|packing] [--models opt-125m,opt-1.3b] [--pairs N --length T (dpo)]");
+        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|generate|packing] [--models opt-125m,opt-1.3b] [--pairs N --length T --iters N (dpo; generate: rows, new tokens)]");
 }
 
 internal static class Report

@@ -89,7 +89,8 @@ public static class Generator
                 {
                     var hidden = model.ForwardHidden(input, mask, cache);          // [b, T, H]
                     var last = hidden.select(1, -1);                                 // left padding: the last column is real
-                    var logits = nn.functional.linear(last, model.OutputWeight).to(ScalarType.Float32);
+                    // the skinny head product through OpenBLAS on the CPU where installed (oneMKL is slow at it on AMD)
+                    var logits = HostBlas.Linear(last, model.OutputWeight).to(ScalarType.Float32);
                     var chosen = ChooseNext(logits, step, options, eosIndex, sampler);
                     next = chosen.cpu().data<long>().ToArray();
                     // a finished row that stays in the batch is fed padding, as Hugging Face does
