@@ -81,8 +81,8 @@ public static class TrainingCheckpoints
         Runtime.WriteFence.Check(outputDir);
         Directory.CreateDirectory(outputDir);
         var final = Path.Combine(outputDir, FolderName(state.GlobalStep));
-        var temp = final + ".tmp";
-        if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
+        // one temporary folder per writer: a stalled earlier holder of the job, woken mid-save, writes into its own
+        var temp = final + ".tmp-" + Guid.NewGuid().ToString("N");
         Directory.CreateDirectory(temp);
         SafeTensors.Save(trainable.ToDictionary(t => t.Name, t => t.Tensor, StringComparer.Ordinal), Path.Combine(temp, TrainableFile));
         optimizer.Save(Path.Combine(temp, OptimizerFile));
@@ -101,12 +101,12 @@ public static class TrainingCheckpoints
         return final;
     }
 
-    /// <summary>Removes checkpoint-N.tmp leftovers of an interrupted write.</summary>
+    /// <summary>Removes the checkpoint-N.tmp-* folders of interrupted writes.</summary>
     public static void RemoveIncomplete(string outputDir)
     {
         if (!Directory.Exists(outputDir)) return;
         Runtime.WriteFence.Check(outputDir);
-        foreach (var dir in Directory.GetDirectories(outputDir, "checkpoint-*.tmp"))
+        foreach (var dir in Directory.GetDirectories(outputDir, "checkpoint-*.tmp*"))
             Directory.Delete(dir, recursive: true);
     }
 

@@ -82,7 +82,7 @@ internal sealed class JobsServiceImpl(JobManager jobs, Store store, Catalog cata
             }, context.CancellationToken);
             if (IsFinal(snapshot.State)) return;
             var state = snapshot.State;
-            var progress = Get(id).ProgressJson;
+            var progress = ProgressOf(Get(id));
             while (true)
             {
                 JobEvent? e = null;
@@ -107,12 +107,13 @@ internal sealed class JobsServiceImpl(JobManager jobs, Store store, Catalog cata
                 // send what the store says changed (its progress only when it does not run here, whose events came above).
                 var record = Get(id);
                 var now = DateTimeOffset.UtcNow;
-                if (record.ProgressJson is { } p && p != progress && !jobs.IsRunningHere(id))
+                var current = ProgressOf(record);
+                if (current is { } p && p != progress && !jobs.IsRunningHere(id))
                     await responseStream.WriteAsync(new JobEvent
                     {
                         JobId = id, Time = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(now), Progress = JobProgress.Parser.ParseJson(p),
                     }, context.CancellationToken);
-                progress = record.ProgressJson;
+                progress = current;
                 if ((JobState)record.State != state)
                 {
                     state = (JobState)record.State;
@@ -130,6 +131,9 @@ internal sealed class JobsServiceImpl(JobManager jobs, Store store, Catalog cata
             jobs.Unsubscribe(id, subscription);
         }
     }
+
+    /// <summary>The progress GetJob reports (a sharded job's: over its shards), as JSON to compare.</summary>
+    private static string? ProgressOf(JobRecord record) => JobManager.ToProto(record).Progress is { } p ? JobManager.Json.Format(p) : null;
 
     private static bool IsFinal(JobState state) => state is JobState.Succeeded or JobState.Failed or JobState.Cancelled;
 
