@@ -113,4 +113,33 @@ public class LengthBatchingTests
         var one = items.Select(i => model.Score([i], Tok, batchSize: 1)[0]).ToArray();
         for (int i = 0; i < items.Count; i++) Assert.True(Math.Abs(one[i] - sorted[i]) < 1e-5, $"item {i}: {one[i]} vs {sorted[i]}");
     }
+
+    [Fact]
+    public void PackedLabellingGivesThePaddedLabels()
+    {
+        using var policy = TrainingTestKit.Opt(47);
+        using var reference = TrainingTestKit.Opt(48);
+        using var backbone = TrainingTestKit.Opt(49);
+        using var rewardModel = new RewardModel(backbone, seed: 50) { PadTokenId = Tok.PadTokenId };
+        var pairs = ShuffledPairs(11, 51);
+        var ct = TestContext.Current.CancellationToken;
+        foreach (var (packed, padded) in new[]
+                 {
+                     (WeakTeacher.Engine.Labelling.WeakLabeler.FromDpoTeacher(policy, reference, Tok),
+                      WeakTeacher.Engine.Labelling.WeakLabeler.FromDpoTeacher(policy, reference, Tok, new() { PaddingFree = false })),
+                     (WeakTeacher.Engine.Labelling.WeakLabeler.FromRewardModel(rewardModel, Tok),
+                      WeakTeacher.Engine.Labelling.WeakLabeler.FromRewardModel(rewardModel, Tok, new() { Beta = 1, PaddingFree = false })),
+                 })
+        {
+            Assert.True(packed.Options.PaddingFree);
+            var a = packed.LabelAll(pairs, batchSize: 4, cancellationToken: ct).Labels;
+            var b = padded.LabelAll(pairs, batchSize: 4, cancellationToken: ct).Labels;
+            for (int i = 0; i < pairs.Count; i++)
+                Assert.True(Math.Abs(a[i].RewardA - b[i].RewardA) < 1e-4 && Math.Abs(a[i].RewardB - b[i].RewardB) < 1e-4, $"pair {i}: {a[i]} vs {b[i]}");
+            var sequences = pairs.Select(p => (p.Prompt, p.ResponseA)).ToList();
+            var sa = packed.ScoreBatch(sequences);
+            var sb = padded.ScoreBatch(sequences);
+            for (int i = 0; i < sa.Count; i++) Assert.True(Math.Abs(sa[i] - sb[i]) < 1e-4, $"score {i}: {sa[i]} vs {sb[i]}");
+        }
+    }
 }
