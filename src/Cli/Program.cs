@@ -71,9 +71,15 @@ var experimentsConfigOption = new Option<string?>("--config") { Description = "E
 var studyOption = new Option<string[]>("--study") { Description = "Run only these studies (names or 1-9; repeatable).", AllowMultipleArgumentsPerToken = true };
 var seedsOption = new Option<long[]>("--seeds") { Description = "Seeds (overrides the config's list).", AllowMultipleArgumentsPerToken = true };
 var experimentsOut = new Option<string>("--out") { Description = "Folder of the embedded task's default study set.", DefaultValueFactory = _ => "runs/experiments" };
+var jobsOption = new Option<int?>("--jobs")
+{
+    Description = "Processes the seeds are split over, each with a share of the CPU threads (default: on the CPU one per seed, up to twice the cores; on a GPU 1).",
+};
+// a process started by --jobs: trains its seeds' models and writes nothing the seeds share
+var workerOption = new Option<bool>("--worker") { Hidden = true };
 var experiments = new Command("experiments", "The paper's studies over several seeds as one resumable job; writes report.md, report.json and a plot per study.")
 {
-    experimentsConfigOption, experimentsOut, sizeOption, deviceOption, studyOption, seedsOption, threadsOption,
+    experimentsConfigOption, experimentsOut, sizeOption, deviceOption, studyOption, seedsOption, threadsOption, jobsOption, workerOption,
 };
 experiments.SetAction((parse, ct) => Task.Run(() =>
 {
@@ -88,9 +94,25 @@ experiments.SetAction((parse, ct) => Task.Run(() =>
         Console.WriteLine($"default study set: {configPath} (prepared in {clock.Elapsed.TotalSeconds:F0} s)");
     }
     var config = WeakTeacher.Engine.Experiments.ExperimentConfig.Load(configPath);
-    if (parse.GetValue(studyOption) is { Length: > 0 } studies) config = config with { Studies = studies };
+    var studies = parse.GetValue(studyOption) ?? [];
+    if (studies.Length > 0) config = config with { Studies = studies };
     if (parse.GetValue(seedsOption) is { Length: > 0 } seeds) config = config with { Seeds = seeds };
-    TorchDevice.Initialize(WeakTeacher.Engine.Pipeline.PipelineConfig.Load(config.Pipeline).Device, threads: parse.GetValue(threadsOption));
+    string pipelineDevice = WeakTeacher.Engine.Pipeline.PipelineConfig.Load(config.Pipeline).Device;
+    if (parse.GetValue(workerOption))
+    {
+        TorchDevice.Initialize(pipelineDevice, threads: parse.GetValue(threadsOption));
+        ProgressDisplay.Run(progress => { WeakTeacher.Engine.Experiments.ExperimentRunner.RunWorker(config, progress, ct); return 0; });
+        return 0;
+    }
+    int jobs = parse.GetValue(jobsOption) ?? ExperimentWorkers.DefaultJobs(pipelineDevice, config.Seeds.Count);
+    if (jobs < 1) throw new ArgumentException($"--jobs {jobs}: give at least 1");
+    if (jobs > 1 && config.Seeds.Count > 1)
+    {
+        WeakTeacher.Engine.Experiments.ExperimentRunner.PrepareShared(config);
+        ExperimentWorkers.Run(Path.GetFullPath(configPath), config, studies, jobs, ct);
+        Console.WriteLine($"workers done at {clock.Elapsed.TotalSeconds:F0} s; writing the report");
+    }
+    TorchDevice.Initialize(pipelineDevice, threads: parse.GetValue(threadsOption));
     var report = ProgressDisplay.Run(progress => WeakTeacher.Engine.Experiments.ExperimentRunner.Run(config, progress, ct));
     foreach (var line in report.VerdictLines()) Console.WriteLine(line);
     Console.WriteLine($"report: {Path.Combine(config.OutputDir, "report.md")}  {Path.Combine(config.OutputDir, "report.json")}  ({clock.Elapsed.TotalSeconds:F0} s in all)");

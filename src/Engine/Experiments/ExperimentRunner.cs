@@ -31,9 +31,12 @@ public sealed class ExperimentRunner
     private double[] _goldA = [], _goldB = [];
     private string _unlabelledPath = "";
 
-    private ExperimentRunner(ExperimentConfig config, IProgress<JobProgress>? progress, CancellationToken ct)
+    private readonly bool _worker;
+
+    private ExperimentRunner(ExperimentConfig config, IProgress<JobProgress>? progress, CancellationToken ct, bool worker)
     {
         _config = config;
+        _worker = worker;
         _pipeline = PipelineConfig.Load(config.Pipeline);
         _progress = progress;
         _ct = ct;
@@ -43,15 +46,40 @@ public sealed class ExperimentRunner
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
-        return new ExperimentRunner(config, progress, ct).Run();
+        return new ExperimentRunner(config, progress, ct, worker: false).Run();
+    }
+
+    /// <summary>
+    /// Trains and evaluates every model of <paramref name="config"/>'s seeds and studies, as <see cref="Run"/> does, but
+    /// writes nothing that all seeds share (the configs, the shared data, the report): one of several processes that
+    /// split the seeds between them (<c>wt experiments --jobs N</c>), each writing only its own seeds' folders. The shared
+    /// data must be there already (<see cref="PrepareShared"/>); a later <see cref="Run"/> over all seeds finds every
+    /// stage finished and writes the report.
+    /// </summary>
+    public static void RunWorker(ExperimentConfig config, IProgress<JobProgress>? progress = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
+        new ExperimentRunner(config, progress, ct, worker: true).Run();
+    }
+
+    /// <summary>Writes the data every seed shares (the unlabelled pairs with their human labels), before workers start.</summary>
+    public static void PrepareShared(ExperimentConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
+        new ExperimentRunner(config, null, default, worker: false).ReadPairs();
     }
 
     private ExperimentReport Run()
     {
         var clock = Stopwatch.StartNew();
         Directory.CreateDirectory(_config.OutputDir);
-        AtomicFile.WriteAllText(Path.Combine(_config.OutputDir, "experiments-config.json"), _config.ToJson());
-        AtomicFile.WriteAllText(Path.Combine(_config.OutputDir, "pipeline-config.json"), _pipeline.ToJson());
+        if (!_worker)
+        {
+            AtomicFile.WriteAllText(Path.Combine(_config.OutputDir, "experiments-config.json"), _config.ToJson());
+            AtomicFile.WriteAllText(Path.Combine(_config.OutputDir, "pipeline-config.json"), _pipeline.ToJson());
+        }
         _device = TorchDevice.Initialize(_pipeline.Device);
         PrepareData();
         var report = new ExperimentReport
@@ -83,13 +111,23 @@ public sealed class ExperimentRunner
             report.Studies.Add(result);
         }
         report.TotalSeconds = clock.Elapsed.TotalSeconds;
-        report.Save(_config.OutputDir);
+        if (!_worker) report.Save(_config.OutputDir);
         return report;
     }
 
     // ---- data shared by every seed ----------------------------------------------------------------------
 
     private void PrepareData()
+    {
+        ReadPairs();
+        using var gold = GoldScorers.Open(_pipeline.Evaluation.GoldScorer, _device, _pipeline.Template);
+        _goldA = gold.Scorer.ScoreBatch(_pairs.Select(p => (p.Prompt, p.ResponseA)).ToList()).ToArray();
+        _goldB = gold.Scorer.ScoreBatch(_pairs.Select(p => (p.Prompt, p.ResponseB)).ToList()).ToArray();
+        _gold = LabelAgreement.GoldLabels(_goldA, _goldB);
+    }
+
+    /// <summary>The unlabelled pairs and their human labels, written as the shared data file (a worker only checks it).</summary>
+    private void ReadPairs()
     {
         var all = PreferenceDataReader.ReadUnlabelled(_pipeline.Data.Unlabelled, new DataReadOptions { SkipInvalidRows = _pipeline.Data.SkipInvalidRows }).ToList();
         _pairs = _config.UnlabelledPairs > 0 ? all.Take(_config.UnlabelledPairs).ToList() : all;
@@ -98,22 +136,36 @@ public sealed class ExperimentRunner
             throw new InvalidDataException($"{_pipeline.Data.Unlabelled}: the studies compare against the human labels, but some pairs have none");
         _human = _pairs.Select(p => p.HumanLabel!.Value).ToArray();
         _unlabelledPath = Path.Combine(_config.OutputDir, "data", "unlabelled.jsonl");
-        WriteIfChanged(_unlabelledPath, _pairs.Select(p => new LabelledRow(p, p.HumanLabel!.Value)));
-        using var gold = GoldScorers.Open(_pipeline.Evaluation.GoldScorer, _device, _pipeline.Template);
-        _goldA = gold.Scorer.ScoreBatch(_pairs.Select(p => (p.Prompt, p.ResponseA)).ToList()).ToArray();
-        _goldB = gold.Scorer.ScoreBatch(_pairs.Select(p => (p.Prompt, p.ResponseB)).ToList()).ToArray();
-        _gold = LabelAgreement.GoldLabels(_goldA, _goldB);
+        var rows = _pairs.Select(p => new LabelledRow(p, p.HumanLabel!.Value));
+        if (!_worker) WriteIfChanged(_unlabelledPath, rows);
+        else if (!SameContent(_unlabelledPath, rows))
+            throw new InvalidOperationException($"{_unlabelledPath}: the shared data is missing or differs from this config's; "
+                + "run the experiments without workers once, or let `wt experiments --jobs` prepare it");
     }
 
     /// <summary>Writes a data file only when its content changed (the stage fingerprints read the content anyway).</summary>
     private static string WriteIfChanged(string path, IEnumerable<LabelledRow> rows)
     {
-        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-        string temp = path + ".new";
-        PreferenceDataWriter.WriteLabelled(temp, rows);
+        string temp = Rendered(path, rows);
         if (File.Exists(path) && File.ReadAllBytes(path).AsSpan().SequenceEqual(File.ReadAllBytes(temp))) File.Delete(temp);
         else File.Move(temp, path, overwrite: true);
         return path;
+    }
+
+    private static bool SameContent(string path, IEnumerable<LabelledRow> rows)
+    {
+        string temp = Rendered(path, rows);
+        try { return File.Exists(path) && File.ReadAllBytes(path).AsSpan().SequenceEqual(File.ReadAllBytes(temp)); }
+        finally { File.Delete(temp); }
+    }
+
+    /// <summary>The rows written to a temporary file beside <paramref name="path"/>, named for this process.</summary>
+    private static string Rendered(string path, IEnumerable<LabelledRow> rows)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        string temp = $"{path}.new-{Environment.ProcessId}";
+        PreferenceDataWriter.WriteLabelled(temp, rows);
+        return temp;
     }
 
     // ---- one seed's models ------------------------------------------------------------------------------

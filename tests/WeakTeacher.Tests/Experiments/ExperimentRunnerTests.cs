@@ -1,6 +1,7 @@
 using System.Text.Json;
 using WeakTeacher.Engine.Experiments;
 using WeakTeacher.Engine.Pipeline;
+using WeakTeacher.Tests.Pipeline;
 using Xunit;
 
 namespace WeakTeacher.Tests.Experiments;
@@ -11,16 +12,31 @@ namespace WeakTeacher.Tests.Experiments;
 public class ExperimentRunnerTests
 {
     [Fact]
-    public void TinyStudiesRunOverSeedsAndResume()
+    public async Task TinyStudiesRunOverSeedsInWorkerProcessesAndResume()
     {
         string dir = Path.Combine(Path.GetTempPath(), "wt-experiments-" + Guid.NewGuid().ToString("N"));
         try
         {
             var ct = TestContext.Current.CancellationToken;
-            var config = ExperimentConfig.Load(DefaultExperiments.Prepare(dir, DefaultTaskSize.Tiny, null, ct)) with { Seeds = [1, 2] };
-            var report = ExperimentRunner.Run(config, null, ct);
-            Assert.Equal(Studies.All, report.Studies.Select(s => s.Name));
+            string configPath = DefaultExperiments.Prepare(dir, DefaultTaskSize.Tiny, null, ct);
+            var config = ExperimentConfig.Load(configPath) with { Seeds = [1, 2] };
             string results = config.OutputDir, seed1 = Path.Combine(results, "seed-1");
+            // the seeds in two worker processes of the CLI, then the report from their results
+            var workers = System.Diagnostics.Stopwatch.StartNew();
+            var cli = await LabelShardsTests.Wt(["experiments", "--config", configPath, "--seeds", "1", "2", "--jobs", "2"], ct);
+            workers.Stop();
+            Assert.True(cli.Code == 0, cli.Output);
+            Assert.Contains("worker 1/2: seeds 1, ", cli.Output);
+            Assert.Contains("worker 2/2: seeds 2, ", cli.Output);
+            foreach (var w in new[] { 1, 2 })
+                Assert.Contains("seed " + w + " ", File.ReadAllText(Path.Combine(results, "logs", $"worker-{w}.log")));
+            Assert.True(File.Exists(Path.Combine(results, "report.md")));
+            Assert.Empty(Directory.EnumerateFiles(results, "*.new-*", SearchOption.AllDirectories));
+
+            // in this process every stage the workers finished is found and reused
+            var report = ExperimentRunner.Run(config, null, ct);
+            Assert.True(report.TotalSeconds < workers.Elapsed.TotalSeconds / 2, "the report pass should reuse every stage the workers finished");
+            Assert.Equal(Studies.All, report.Studies.Select(s => s.Name));
 
             using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(results, "report.json")));
             var studiesJson = json.RootElement.GetProperty("studies");
