@@ -41,6 +41,37 @@ public sealed class ShardedLabelSqliteTests(DefaultTaskHost shared)
     }
 
     [Fact]
+    public async Task A_failed_shard_fails_its_label_job_with_the_shards_error_and_stops_the_others()
+    {
+        await shared.RequireStagesAsync();
+        var teacher = await Teacher();
+        var id = (await Jobs.LabelAsync(new LabelRequest { TeacherModelId = teacher, UnlabelledDatasetId = "default-unlabelled", BatchSize = 1, ShardCount = 3 })).JobId;
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        List<Job> Shards() => Jobs.ListJobs(new ListJobsRequest { Kind = JobKind.LabelShard, PageSize = 1000 }).Jobs.Where(j => j.ParentJobId == id).OrderBy(j => j.ShardIndex).ToList();
+        while (!Shards().Any(s => s.State == JobState.Running))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "no shard started in 2 minutes");
+            await Task.Delay(50, TestContext.Current.CancellationToken);
+        }
+        // one host runs the shards in turn: the next one to start (or the running one, if it had not loaded it yet)
+        // finds its teacher gone (NOT_FOUND)
+        await new ModelsService.ModelsServiceClient(shared.Host.Channel).DeleteModelAsync(new DeleteModelRequest { ModelId = teacher });
+        var end = await PipelineTests.WaitForEnd(Jobs, id);
+        Assert.Equal(JobState.Failed, end.State);
+        Assert.Equal("NOT_FOUND", end.ErrorCode);
+        Assert.Matches(@"^shard [0-2] \(job-[0-9a-f]+-shard-[0-2]\) failed: .*teacher_model_id", end.Error);
+        while (Shards().Any(s => s.State is JobState.Queued or JobState.Running))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"shards still running: {string.Join(", ", Shards().Select(s => s.State))}");
+            await Task.Delay(100, TestContext.Current.CancellationToken);
+        }
+        var shards = Shards();
+        Assert.Single(shards, s => s.State == JobState.Failed);
+        Assert.All(shards, s => Assert.True(s.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled, $"{s.Id}: {s.State}"));
+        Assert.Equal(JobState.Failed, (await Jobs.GetJobAsync(new GetJobRequest { JobId = id })).State);
+    }
+
+    [Fact]
     public async Task Cancelling_a_sharded_label_job_cancels_its_shards()
     {
         await shared.RequireStagesAsync();
