@@ -13,6 +13,14 @@ export DOTNET_NOLOGO=1 DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_SKIP_FIRST_TIME_EXPE
 cmd=${1:-test}; shift || true
 config=Release
 
+openblas() {
+  # the python baseline (Debian's python3-torch uses the system BLAS: the netlib reference BLAS as installed, 36x slower)
+  # and WT_HOST_BLAS=openblas need OpenBLAS: install Debian's libopenblas0-openmp where it is missing
+  if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0' && command -v apt-get >/dev/null; then
+    if [[ $(id -u) -eq 0 ]]; then apt-get install -y -q libopenblas0-openmp; else sudo apt-get install -y -q libopenblas0-openmp; fi
+  fi
+}
+
 node_deps() {
   # the Node.js gRPC client used by the end-to-end tests and examples
   if [[ -f examples/node/package.json ]]; then
@@ -101,8 +109,12 @@ case "$cmd" in
     dotnet build src/Cli/Cli.csproj -c $config -nologo -v quiet
     dotnet src/Cli/bin/$config/net10.0/wt.dll experiments "$@" ;;
   bench)
+    openblas
     dotnet build benchmarks/ModelBench/ModelBench.csproj -c $config -nologo -v quiet
     dotnet build benchmarks/KernelBench/KernelBench.csproj -c $config -nologo -v quiet
+    # the machine's matmul rate and the BLAS each library path maps, printed with the results
+    WT_HOST_BLAS=openblas dotnet benchmarks/ModelBench/bin/$config/net10.0/ModelBench.dll --suite matmul --device cpu \
+      $(printf '%s\n' "$@" | grep -x -- --quick || true)
     dotnet benchmarks/ModelBench/bin/$config/net10.0/ModelBench.dll "$@"
     dotnet benchmarks/KernelBench/bin/$config/net10.0/KernelBench.dll "$@" ;;
   serve)
