@@ -30,8 +30,8 @@ internal static class Attention
         var keySegment = segments.unsqueeze(1).unsqueeze(1);             // [B, 1, 1, S]
         var querySegment = segments.narrow(1, past, queryLength).unsqueeze(1).unsqueeze(3); // [B, 1, T, 1]
         // a padding query (segment 0) keeps today's rule (every real key before it); a real one sees its own segment only
-        var sameSegment = keySegment.eq(querySegment).logical_or(querySegment.eq(0L));
-        var visible = keySegment.ne(0L).logical_and(sameSegment);        // [B, 1, T, S]
+        var sameSegment = keySegment.eq(querySegment).logical_or(querySegment.Eq(0L));
+        var visible = keySegment.Ne(0L).logical_and(sameSegment);        // [B, 1, T, S]
         return causal.unsqueeze(0).unsqueeze(0).logical_and(visible).logical_or(self).MoveToOuterDisposeScope();
     }
 
@@ -45,13 +45,13 @@ internal static class Attention
     {
         using var scope = NewDisposeScope();
         var segments = attentionMask.to(int64);
-        var real = segments.ne(0L).to(int64);
+        var real = segments.Ne(0L).to(int64);
         var counted = real.cumsum(1);                                  // real tokens up to and including t
         // a segment starts where its id exceeds every id before it (ids grow left to right; padding between keeps them)
         var before = cat([zeros_like(segments.narrow(1, 0, 1)), segments.narrow(1, 0, segments.shape[1] - 1)], 1).cummax(1).values;
         var starts = segments.gt(before);
         // real tokens before the current segment: the count just before its start, carried forward by cummax
-        var offset = where(starts, counted - 1L, zeros_like(counted)).cummax(1).values;
+        var offset = where(starts, counted.Sub(1L), zeros_like(counted)).cummax(1).values;
         var positions = ((counted - offset) * real).Sub(1L).ClampMin(0L);
         long total = attentionMask.shape[1];
         return positions.narrow(1, total - queryLength, queryLength).MoveToOuterDisposeScope();
