@@ -80,7 +80,7 @@ public static class DefaultExperiments
             OutputDir = Path.Combine(dir, "results"),
             Pipeline = pipelinePath,
             Seeds = [1, 2, 3],
-            UnlabelledPairs = tiny ? 0 : 384, // what fits the 30-minute budget on a 2-core CPU (benchmarks/results/experiments-cpu.md)
+            UnlabelledPairs = tiny ? 0 : 768,
             Betas = tiny ? [0.1, 0.5] : [0.05, 0.1, 0.2, 0.3, 0.5],
             HumanFractions = tiny ? [0.25] : [1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2],
             Teachers =

@@ -198,7 +198,9 @@ public sealed class ExperimentRunner
             Evaluation = owner._pipeline.Evaluation with { Seed = Seed * 1000 + 6 },
         };
 
-        public Random Random(string purpose) => new(HashCode.Combine((int)Seed, (int)(Seed >> 32), StableHash(purpose)));
+        /// <summary>A generator for one purpose of this seed, the same in every process (HashCode.Combine, used before, is
+        /// randomised per process: a rerun or a worker drew other subsets and retrained them).</summary>
+        public Random Random(string purpose) => new((int)(new SeededRandom(Seed, StableHash(purpose)).NextUInt64() >> 33));
 
         private static int StableHash(string s)
         {
