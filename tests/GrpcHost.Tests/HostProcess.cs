@@ -77,6 +77,15 @@ internal sealed class HostProcess : IAsyncDisposable
         return port;
     }
 
+    /// <summary>
+    /// The environment for a host whose CPU numbers are compared bit for bit with another process's: with a
+    /// multi-threaded pool, how libtorch/MKL split a reduction may follow the machine's load.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> SingleThreaded { get; } = new Dictionary<string, string>
+    {
+        ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["MKL_DYNAMIC"] = "FALSE",
+    };
+
     public static async Task<HostProcess> StartAsync(string? dataDir = null, IEnumerable<string>? extraArgs = null,
         TimeSpan? timeout = null, int? port = null, IReadOnlyDictionary<string, string>? environment = null, string? workingDirectory = null)
     {

@@ -17,32 +17,17 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
     public async Task Three_hosts_share_a_postgresql_job_store_and_a_killed_hosts_job_is_finished_by_another_with_the_same_weights()
     {
         await shared.RequireStagesAsync();
-        var bin = PostgreSqlServer.FindBinaries();
-        if (bin is null) Assert.Skip("PostgreSQL's server programs are not installed (/usr/lib/postgresql/N/bin; ./build.sh test installs Debian's postgresql)");
+        var bin = PostgreSqlServer.RequireBinaries();
         const int steps = 12, saveSteps = 4;
         var ct = TestContext.Current.CancellationToken;
-        // Bit-exact comparison of CPU runs needs a fixed threading (see the single-host kill test in PipelineTests).
-        var singleThreaded = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["MKL_DYNAMIC"] = "FALSE" };
         var importDir = shared.TaskDir;
         var request = (string model, string data) => PipelineTests.TeacherRequest(model, data, steps, saveSteps);
-
-        // The reference: one host on its own embedded store, running beside the replicas (single-threaded, so the
-        // machine's load does not change its numbers).
-        var reference = Task.Run(async () =>
-        {
-            await using var single = await HostProcess.StartAsync(HostProcess.NewDataDir(), ["--ImportDir", importDir], environment: singleThreaded);
-            var (model, data) = await Import(single);
-            var jobs = new JobsService.JobsServiceClient(single.Channel);
-            var job = await PipelineTests.WaitForEnd(jobs, (await jobs.TrainAsync(request(model, data))).JobId);
-            Assert.True(job.State == JobState.Succeeded, $"reference run: {job.State} {job.Error}");
-            return await Client.DownloadModel(single.Channel, job.Artifacts.Single(a => a.Name == "policy").Id);
-        }, ct);
+        var reference = SingleHostPolicy(importDir, request, ct);
 
         await using var database = await PostgreSqlServer.StartAsync(bin);
         var dataDir = HostProcess.NewDataDir();
-        string[] Args(int i) => ["--ImportDir", importDir, "--JobStore:PostgreSql", database.ConnectionString, "--JobStore:HostId", $"replica-{i}",
-            "--JobStore:LeaseSeconds", "10", "--JobStore:PollMilliseconds", "200"];
-        var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(i => HostProcess.StartAsync(dataDir, Args(i), environment: singleThreaded)));
+        var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(i =>
+            HostProcess.StartAsync(dataDir, database.ReplicaArgs(importDir, i), environment: HostProcess.SingleThreaded)));
         try
         {
             // Imported through one host, started through another, watched from the store.
@@ -121,28 +106,17 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
     public async Task A_host_frozen_past_its_lease_wakes_to_find_its_job_taken_stops_without_writing_and_the_result_is_a_single_hosts()
     {
         await shared.RequireStagesAsync();
-        var bin = PostgreSqlServer.FindBinaries();
-        if (bin is null) Assert.Skip("PostgreSQL's server programs are not installed (/usr/lib/postgresql/N/bin; ./build.sh test installs Debian's postgresql)");
+        var bin = PostgreSqlServer.RequireBinaries();
         const int steps = 12, saveSteps = 4;
         var ct = TestContext.Current.CancellationToken;
-        var singleThreaded = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["MKL_DYNAMIC"] = "FALSE" };
         var importDir = shared.TaskDir;
         var request = (string model, string data) => PipelineTests.TeacherRequest(model, data, steps, saveSteps);
-        var reference = Task.Run(async () =>
-        {
-            await using var single = await HostProcess.StartAsync(HostProcess.NewDataDir(), ["--ImportDir", importDir], environment: singleThreaded);
-            var (model, data) = await Import(single);
-            var jobs = new JobsService.JobsServiceClient(single.Channel);
-            var job = await PipelineTests.WaitForEnd(jobs, (await jobs.TrainAsync(request(model, data))).JobId);
-            Assert.True(job.State == JobState.Succeeded, $"reference run: {job.State} {job.Error}");
-            return await Client.DownloadModel(single.Channel, job.Artifacts.Single(a => a.Name == "policy").Id);
-        }, ct);
+        var reference = SingleHostPolicy(importDir, request, ct);
 
         await using var database = await PostgreSqlServer.StartAsync(bin);
         var dataDir = HostProcess.NewDataDir();
-        string[] Args(int i) => ["--ImportDir", importDir, "--JobStore:PostgreSql", database.ConnectionString, "--JobStore:HostId", $"replica-{i}",
-            "--JobStore:LeaseSeconds", "10", "--JobStore:PollMilliseconds", "200"];
-        var hosts = await Task.WhenAll(Enumerable.Range(0, 2).Select(i => HostProcess.StartAsync(dataDir, Args(i), environment: singleThreaded)));
+        var hosts = await Task.WhenAll(Enumerable.Range(0, 2).Select(i =>
+            HostProcess.StartAsync(dataDir, database.ReplicaArgs(importDir, i), environment: HostProcess.SingleThreaded)));
         try
         {
             var (baseModel, labelled) = await Import(hosts[0]);
@@ -216,8 +190,7 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
     [Fact]
     public async Task Replicas_started_together_with_the_default_task_prepare_it_once()
     {
-        var bin = PostgreSqlServer.FindBinaries();
-        if (bin is null) Assert.Skip("PostgreSQL's server programs are not installed (/usr/lib/postgresql/N/bin; ./build.sh test installs Debian's postgresql)");
+        var bin = PostgreSqlServer.RequireBinaries();
         await using var database = await PostgreSqlServer.StartAsync(bin);
         var dataDir = HostProcess.NewDataDir();
         // The task's files as the shared host made them (same size and seed), so preparing them costs nothing here: what
@@ -249,6 +222,21 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
             foreach (var host in hosts) await host.DisposeAsync();
         }
     }
+
+    /// <summary>
+    /// The reference: the same Train job on one host with its own embedded store, running beside the replicas
+    /// (single-threaded, so the machine's load does not change its numbers); its policy's files.
+    /// </summary>
+    private static Task<Dictionary<string, byte[]>> SingleHostPolicy(string importDir, Func<string, string, TrainRequest> request, CancellationToken ct) =>
+        Task.Run(async () =>
+        {
+            await using var single = await HostProcess.StartAsync(HostProcess.NewDataDir(), ["--ImportDir", importDir], environment: HostProcess.SingleThreaded);
+            var (model, data) = await Import(single);
+            var jobs = new JobsService.JobsServiceClient(single.Channel);
+            var job = await PipelineTests.WaitForEnd(jobs, (await jobs.TrainAsync(request(model, data))).JobId);
+            Assert.True(job.State == JobState.Succeeded, $"reference run: {job.State} {job.Error}");
+            return await Client.DownloadModel(single.Channel, job.Artifacts.Single(a => a.Name == "policy").Id);
+        }, ct);
 
     private static async Task<(string Model, string Data)> Import(HostProcess host)
     {

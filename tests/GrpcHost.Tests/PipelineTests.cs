@@ -105,9 +105,8 @@ public sealed class PipelineTests(DefaultTaskHost shared)
     {
         await shared.RequireStagesAsync();
         const int steps = 24, saveSteps = 4;
-        // Bit-exact comparison of two CPU runs needs a fixed threading: with a multi-threaded pool, how libtorch/MKL
-        // split a reduction may follow the machine's load (the other test projects run beside this one in CI).
-        var singleThreaded = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["MKL_DYNAMIC"] = "FALSE" };
+        // Bit-exact comparison of two CPU runs needs a fixed threading (the other test projects run beside this one in CI).
+        var singleThreaded = HostProcess.SingleThreaded;
         // The interrupted run: its own host and data folder, importing the same base model and data.
         var importDir = shared.TaskDir;
         var dataDir = HostProcess.NewDataDir();

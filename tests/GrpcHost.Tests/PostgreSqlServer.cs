@@ -37,6 +37,20 @@ internal sealed class PostgreSqlServer : IAsyncDisposable
             .FirstOrDefault();
     }
 
+    /// <summary>The server programs' folder, or the test skipped with what to install.</summary>
+    public static string RequireBinaries()
+    {
+        var bin = FindBinaries();
+        if (bin is null) Xunit.Assert.Skip("PostgreSQL's server programs are not installed (/usr/lib/postgresql/N/bin; ./build.sh test installs Debian's postgresql)");
+        return bin;
+    }
+
+    /// <summary>A replica host's arguments on this store: importing from <paramref name="importDir"/>, a 10 s lease
+    /// (3-4 s stalls happen on a loaded 2-core machine) and a 200 ms queue poll.</summary>
+    public string[] ReplicaArgs(string importDir, int replica) =>
+        ["--ImportDir", importDir, "--JobStore:PostgreSql", ConnectionString, "--JobStore:HostId", $"replica-{replica}",
+         "--JobStore:LeaseSeconds", "10", "--JobStore:PollMilliseconds", "200"];
+
     public static async Task<PostgreSqlServer> StartAsync(string bin)
     {
         var root = Path.Combine(Path.GetTempPath(), "wt-pg-" + Guid.NewGuid().ToString("N"));

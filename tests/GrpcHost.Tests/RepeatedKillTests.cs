@@ -21,11 +21,8 @@ public sealed class RepeatedKillTests(DefaultTaskHost shared)
 {
     private const int Steps = 24, SaveSteps = 4;
 
-    // Bit-exact comparison of CPU runs needs a fixed threading (see PipelineTests).
-    private static readonly Dictionary<string, string> SingleThreaded = new()
-    {
-        ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["MKL_DYNAMIC"] = "FALSE",
-    };
+    // Bit-exact comparison of CPU runs needs a fixed threading.
+    private static IReadOnlyDictionary<string, string> SingleThreaded => HostProcess.SingleThreaded;
 
     private readonly List<string> problems = [];
     private readonly List<string> record = [];

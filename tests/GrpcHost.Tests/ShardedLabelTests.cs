@@ -20,8 +20,7 @@ public sealed class ShardedLabelTests(DefaultTaskHost shared)
     public async Task A_label_job_in_three_shards_runs_on_several_hosts_survives_a_killed_host_and_equals_an_unsharded_run()
     {
         await shared.RequireStagesAsync();
-        var bin = PostgreSqlServer.FindBinaries();
-        if (bin is null) Assert.Skip("PostgreSQL's server programs are not installed (/usr/lib/postgresql/N/bin; ./build.sh test installs Debian's postgresql)");
+        var bin = PostgreSqlServer.RequireBinaries();
         var ct = TestContext.Current.CancellationToken;
 
         // A tiny teacher, trained on the shared host; the replicas import it and D_u from that host's data folder.
@@ -33,13 +32,11 @@ public sealed class ShardedLabelTests(DefaultTaskHost shared)
             Directory.GetFiles(Path.Combine(shared.Host.DataDir, "datasets", "default-unlabelled")).Single());
 
         // Bit-exact comparison of CPU runs on different processes needs a fixed threading.
-        var singleThreaded = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["MKL_DYNAMIC"] = "FALSE" };
+        var singleThreaded = HostProcess.SingleThreaded;
         await using var database = await PostgreSqlServer.StartAsync(bin);
         var dataDir = HostProcess.NewDataDir();
-        string[] Args(int i) => ["--ImportDir", shared.Host.DataDir, "--JobStore:PostgreSql", database.ConnectionString, "--JobStore:HostId", $"replica-{i}",
-            "--JobStore:LeaseSeconds", "10", "--JobStore:PollMilliseconds", "200"];
         // replica-0 stops in the first shard it runs, after labelling, before writing: the test kills it there.
-        var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(i => HostProcess.StartAsync(dataDir, Args(i),
+        var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(i => HostProcess.StartAsync(dataDir, database.ReplicaArgs(shared.Host.DataDir, i),
             environment: i == 0 ? new Dictionary<string, string>(singleThreaded) { ["WT_FAILPOINTS"] = Failpoint } : singleThreaded)));
         try
         {
