@@ -168,7 +168,14 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
             }
             var outcome = (string)(await Scalar(connection, "SELECT outcome FROM job_attempts WHERE job_id=@v AND attempt=1", jobId))!;
             Assert.True(outcome.StartsWith("lease lost", StringComparison.Ordinal), $"attempt 1 ended '{outcome}'\n{Logs(hosts)}");
-            Assert.Contains("Job stopped", hosts[frozen].Log);
+            // its log line follows the attempt's record (stdout is read asynchronously): wait for it. A run that got
+            // to its end before noticing logs that its finish was refused instead.
+            var logged = DateTime.UtcNow.AddSeconds(30);
+            while (!(hosts[frozen].Log.Contains("Job stopped") || hosts[frozen].Log.Contains("Job finished here but its lease was lost")))
+            {
+                Assert.True(DateTime.UtcNow < logged, $"the woken host did not log that it stopped\n{Logs(hosts)}");
+                await Task.Delay(200, ct);
+            }
             TestContext.Current.TestOutputHelper?.WriteLine($"frozen host's attempt: {outcome}; " +
                 (hosts[frozen].Log.Contains("write refused") ? "a late write was refused" : "its run was cancelled before it wrote"));
             Assert.Equal("succeeded", (string)(await Scalar(connection, "SELECT outcome FROM job_attempts WHERE job_id=@v ORDER BY attempt DESC LIMIT 1", jobId))!);
