@@ -25,7 +25,7 @@ internal static class ExperimentWorkers
         int threads = Math.Max(1, Environment.ProcessorCount / jobs);
         string logs = Path.Combine(config.OutputDir, "logs");
         Directory.CreateDirectory(logs);
-        var workers = new List<(Process Process, string Log, string Seeds, Stopwatch Clock)>();
+        var workers = new List<(Process Process, WorkerLog Writer, string Log, string Seeds, Stopwatch Clock)>();
         try
         {
             for (int w = 0; w < jobs; w++)
@@ -40,21 +40,20 @@ internal static class ExperimentWorkers
                 foreach (var s in studies) { start.ArgumentList.Add("--study"); start.ArgumentList.Add(s); }
                 start.RedirectStandardOutput = start.RedirectStandardError = true;
                 var process = new Process { StartInfo = start };
-                var writer = new StreamWriter(log, append: false) { AutoFlush = true };
-                process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (writer) writer.WriteLine(e.Data); };
-                process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (writer) writer.WriteLine(e.Data); };
-                process.Exited += (_, _) => { lock (writer) writer.Dispose(); };
-                process.EnableRaisingEvents = true;
+                var writer = new WorkerLog(log);
+                process.OutputDataReceived += (_, e) => writer.Write(e.Data);
+                process.ErrorDataReceived += (_, e) => writer.Write(e.Data);
                 process.Start();
                 process.BeginOutputReadLine();
                 process.BeginErrorReadLine();
-                workers.Add((process, log, seedList, Stopwatch.StartNew()));
+                workers.Add((process, writer, log, seedList, Stopwatch.StartNew()));
                 Console.WriteLine($"worker {w + 1}/{jobs}: seeds {seedList}, {threads} thread(s), log {log}");
             }
             using var cancel = ct.Register(() => { foreach (var w in workers) Kill(w.Process); });
-            foreach (var (process, log, seedList, clock) in workers)
+            foreach (var (process, writer, log, seedList, clock) in workers)
             {
-                process.WaitForExit();
+                process.WaitForExit(); // also waits for the redirected output to be read to its end
+                writer.Dispose();
                 ct.ThrowIfCancellationRequested();
                 if (process.ExitCode != 0)
                 {
@@ -68,7 +67,11 @@ internal static class ExperimentWorkers
         }
         finally
         {
-            foreach (var w in workers) w.Process.Dispose();
+            foreach (var w in workers)
+            {
+                w.Writer.Dispose();
+                w.Process.Dispose();
+            }
         }
     }
 
@@ -80,6 +83,30 @@ internal static class ExperimentWorkers
         if (Path.GetFileNameWithoutExtension(process).Equals("dotnet", StringComparison.OrdinalIgnoreCase))
             start.ArgumentList.Add(typeof(ExperimentWorkers).Assembly.Location);
         return start;
+    }
+
+    /// <summary>A worker's stdout and stderr lines in its log file; lines that arrive after it closed (a killed worker's
+    /// last output) are dropped instead of failing on a closed file.</summary>
+    private sealed class WorkerLog(string path) : IDisposable
+    {
+        private readonly StreamWriter _writer = new(path, append: false) { AutoFlush = true };
+        private bool _closed;
+
+        public void Write(string? line)
+        {
+            if (line is null) return;
+            lock (_writer) if (!_closed) _writer.WriteLine(line);
+        }
+
+        public void Dispose()
+        {
+            lock (_writer)
+            {
+                if (_closed) return;
+                _closed = true;
+                _writer.Dispose();
+            }
+        }
     }
 
     private static void Kill(Process process)

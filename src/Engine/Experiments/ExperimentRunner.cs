@@ -147,7 +147,7 @@ public sealed class ExperimentRunner
     private static string WriteIfChanged(string path, IEnumerable<LabelledRow> rows)
     {
         string temp = Rendered(path, rows);
-        if (File.Exists(path) && File.ReadAllBytes(path).AsSpan().SequenceEqual(File.ReadAllBytes(temp))) File.Delete(temp);
+        if (SameBytes(path, temp)) File.Delete(temp);
         else File.Move(temp, path, overwrite: true);
         return path;
     }
@@ -155,9 +155,12 @@ public sealed class ExperimentRunner
     private static bool SameContent(string path, IEnumerable<LabelledRow> rows)
     {
         string temp = Rendered(path, rows);
-        try { return File.Exists(path) && File.ReadAllBytes(path).AsSpan().SequenceEqual(File.ReadAllBytes(temp)); }
+        try { return SameBytes(path, temp); }
         finally { File.Delete(temp); }
     }
+
+    private static bool SameBytes(string path, string other) =>
+        File.Exists(path) && File.ReadAllBytes(path).AsSpan().SequenceEqual(File.ReadAllBytes(other));
 
     /// <summary>The rows written to a temporary file beside <paramref name="path"/>, named for this process.</summary>
     private static string Rendered(string path, IEnumerable<LabelledRow> rows)
