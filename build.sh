@@ -3,7 +3,8 @@
 #   test   restore, build, run every test (CPU; GPU tests skip themselves without a GPU)
 #   demo   the main job: the weak-teacher pipeline on the embedded synthetic task -> runs/demo/
 #   experiments  the paper's studies over 3 seeds on the embedded task -> runs/experiments/results/report.md
-#   bench  model/kernel benchmarks (CPU here; pass --device cuda on a GPU node)
+#   bench  the benchmark of record: the engine against PyTorch eager on the same weights (CPU) -> benchmarks/results/bench-cpu.md;
+#          --suite X for ModelBench's other suites (--device cuda on a GPU node), `bench kernels` for KernelBench
 #   serve  the gRPC host on loopback with the embedded default data
 #   device-dry-run  packs .device/ and runs benchmarks/device/gpu-checks.sh here on the CPU (WT_DRY_RUN=1), checking
 #          its set-up, per-step logs and summary rows before a GPU run spends device time on them (about 6 minutes)
@@ -13,12 +14,25 @@ export DOTNET_NOLOGO=1 DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_SKIP_FIRST_TIME_EXPE
 cmd=${1:-test}; shift || true
 config=Release
 
-openblas() {
-  # the python baseline (Debian's python3-torch uses the system BLAS: the netlib reference BLAS as installed, 36x slower)
-  # and WT_HOST_BLAS=openblas need OpenBLAS: install Debian's libopenblas0-openmp where it is missing
-  if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0' && command -v apt-get >/dev/null; then
-    if [[ $(id -u) -eq 0 ]]; then apt-get install -y -q libopenblas0-openmp; else sudo apt-get install -y -q libopenblas0-openmp; fi
-  fi
+apt_install_missing() {
+  # Debian's packages, installed only where one is missing (apt-get update first, once)
+  local missing=() p
+  command -v dpkg-query >/dev/null || { echo "build.sh: not a Debian system; install $* yourself" >&2; return 0; }
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  local sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo -n)
+  echo "build.sh: installing ${missing[*]}" >&2
+  "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+bench_deps() {
+  # the benchmark of record's PyTorch side (benchmarks/torch_baseline.py): Debian's python3-torch uses the system BLAS,
+  # the netlib reference BLAS as installed (36x slower); libopenblas0-openmp becomes libblas.so.3. WT_HOST_BLAS=openblas
+  # needs it too.
+  apt_install_missing python3-torch python3-numpy libopenblas0-openmp
 }
 
 node_deps() {
@@ -30,19 +44,9 @@ node_deps() {
 
 client_deps() {
   # the Python and Go example clients the suite runs (examples/generate-stubs.sh, examples/python, examples/go) and the
-  # PostgreSQL server the shared job-store test starts in a temporary folder (JobStoreReplicaTests):
-  # Debian's packages, installed only where one is missing (apt-get update first, once)
-  local pkgs=(python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc
-              golang-go golang-google-grpc-dev golang-goprotobuf-dev postgresql) missing=() p
-  command -v dpkg-query >/dev/null || { echo "build.sh: not a Debian system; install ${pkgs[*]} yourself or the client tests fail" >&2; return 0; }
-  for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  local sudo=()
-  [[ $(id -u) == 0 ]] || sudo=(sudo -n)
-  echo "build.sh: installing ${missing[*]}" >&2
-  "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # PostgreSQL server the shared job-store test starts in a temporary folder (JobStoreReplicaTests)
+  apt_install_missing python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc \
+    golang-go golang-google-grpc-dev golang-goprotobuf-dev postgresql
 }
 
 pg_user_for_tests() {
@@ -97,6 +101,7 @@ case "$cmd" in
   test)
     node_deps
     client_deps
+    bench_deps  # the benchmark of record's tiny version (RecordBenchTests) runs both sides
     export WT_CLIENT_TESTS=required  # the Python/Go client tests fail rather than skip when their toolchain is missing
     nvrtc_for_tests
     pg_user_for_tests
@@ -109,14 +114,24 @@ case "$cmd" in
     dotnet build src/Cli/Cli.csproj -c $config -nologo -v quiet
     dotnet src/Cli/bin/$config/net10.0/wt.dll experiments "$@" ;;
   bench)
-    openblas
+    # ./build.sh bench [--quick] [--rounds N] [--threads N]: the benchmark of record, the engine against PyTorch eager
+    #   (benchmarks/torch_baseline.py on Debian's python3-torch over OpenBLAS) -> benchmarks/results/bench-cpu.md
+    # ./build.sh bench --suite model|dpo|matmul|generate|packing [...]: one of ModelBench's other suites
+    # ./build.sh bench kernels [...]: KernelBench
+    bench_deps
     dotnet build benchmarks/ModelBench/ModelBench.csproj -c $config -nologo -v quiet
-    dotnet build benchmarks/KernelBench/KernelBench.csproj -c $config -nologo -v quiet
-    # the machine's matmul rate and the BLAS each library path maps, printed with the results
-    WT_HOST_BLAS=openblas dotnet benchmarks/ModelBench/bin/$config/net10.0/ModelBench.dll --suite matmul --device cpu \
-      $(printf '%s\n' "$@" | grep -x -- --quick || true)
-    dotnet benchmarks/ModelBench/bin/$config/net10.0/ModelBench.dll "$@"
-    dotnet benchmarks/KernelBench/bin/$config/net10.0/KernelBench.dll "$@" ;;
+    if [[ ${1:-} == kernels ]]; then
+      shift
+      dotnet build benchmarks/KernelBench/KernelBench.csproj -c $config -nologo -v quiet
+      dotnet benchmarks/KernelBench/bin/$config/net10.0/KernelBench.dll "$@"
+    elif printf '%s\n' "$@" | grep -qx -- --suite; then
+      dotnet benchmarks/ModelBench/bin/$config/net10.0/ModelBench.dll "$@"
+    else
+      # the machine's matmul rate and the BLAS each library path maps, printed before the record
+      WT_HOST_BLAS=openblas dotnet benchmarks/ModelBench/bin/$config/net10.0/ModelBench.dll --suite matmul --device cpu \
+        $(printf '%s\n' "$@" | grep -x -- --quick || true)
+      dotnet benchmarks/ModelBench/bin/$config/net10.0/ModelBench.dll --suite record "$@"
+    fi ;;
   serve)
     dotnet build src/GrpcHost/GrpcHost.csproj -c $config -nologo -v quiet
     dotnet src/GrpcHost/bin/$config/net10.0/WeakTeacher.GrpcHost.dll --urls http://127.0.0.1:50051 --default-task "$@" ;;

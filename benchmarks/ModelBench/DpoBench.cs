@@ -239,12 +239,17 @@ internal static class ProcessMemory
     }
 
     /// <summary>VmHWM in bytes (0 where /proc is absent).</summary>
-    public static long PeakRss()
+    public static long PeakRss() => Status("VmHWM:");
+
+    /// <summary>VmRSS, the resident memory now, in bytes (0 where /proc is absent).</summary>
+    public static long Rss() => Status("VmRSS:");
+
+    private static long Status(string field)
     {
         if (!File.Exists("/proc/self/status")) return 0;
         foreach (var line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                return long.Parse(line["VmHWM:".Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
+            if (line.StartsWith(field, StringComparison.Ordinal))
+                return long.Parse(line[field.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
         return 0;
     }
 }

@@ -8,6 +8,8 @@
 //                         [--pairs N --length T --iters N]   (dpo: the shape, the CPU's is 4 x 128; 1 warm-up + N timed)
 //   --suite matmul: the matmul rate (training-sized, decode head layouts, OpenBLAS where WT_HOST_BLAS=openblas) and the BLAS mapped
 //   --suite generate: greedy KV-cache generation 8 x (32 + 64) (--pairs rows, --length new tokens), OPT-125M config
+//   --suite record: the benchmark of record, the engine against benchmarks/torch_baseline.py on the same weights and
+//                   lengths, alternated (RecordBench.cs; ./build.sh bench) -> benchmarks/results/bench-cpu.md
 // Writes a markdown report to benchmarks/results/model-<device>-<date>.md (or --out).
 using System.Diagnostics;
 using System.Globalization;
@@ -41,6 +43,16 @@ catch (ArgumentException e)
 }
 Seeds.Set(20261127);
 bool gpu = device.type == DeviceType.CUDA;
+if (settings.Suite == "record-worker")
+{
+    if (settings.Spec is null || settings.Result is null) { Console.Error.WriteLine("ModelBench: --suite record-worker needs --spec and --result"); return 2; }
+    return RecordBench.Worker(settings.Spec, settings.Result, device);
+}
+if (settings.Suite == "record")
+{
+    if (gpu) { Console.Error.WriteLine("ModelBench: --suite record is the CPU benchmark of record (the GPU's is --suite dpo beside torch_baseline.py)"); return 2; }
+    return RecordBench.Run(settings, Console.WriteLine);
+}
 if (settings.Suite == "packing")
 {
     string packingTable = PackingBench.Run(device, settings.Quick, Console.WriteLine);
@@ -199,13 +211,13 @@ internal sealed record ResultRow(string Name, string Shape, double[] Seconds, do
 }
 
 internal sealed record BenchSettings(string? Device, string DType, ScalarType ScalarType, bool Quick, string? Out, int? Threads, string? TorchLib,
-    string Suite, string[] Models, int? Pairs, int? Length, int? Iters)
+    string Suite, string[] Models, int? Pairs, int? Length, int? Iters, int? Rounds = null, string? Python = null, string? Spec = null, string? Result = null)
 {
     public static BenchSettings? Parse(string[] args)
     {
-        string? device = null, dtype = "float32", outPath = null, torchLib = null;
+        string? device = null, dtype = "float32", outPath = null, torchLib = null, python = null, spec = null, result = null;
         string suite = "model", models = "opt-125m,opt-1.3b";
-        int? threads = null, pairs = null, length = null, iters = null;
+        int? threads = null, pairs = null, length = null, iters = null, rounds = null;
         bool quick = false;
         for (int i = 0; i < args.Length; i++)
         {
@@ -220,7 +232,11 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
                     case "--out": outPath = Value(); break;
                     case "--threads": threads = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--torch-lib": torchLib = Value(); break;
-                    case "--suite": suite = Value() is "model" or "dpo" or "matmul" or "generate" or "packing" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo, matmul, generate or packing"); break;
+                    case "--suite": suite = Value() is "model" or "dpo" or "matmul" or "generate" or "packing" or "record" or "record-worker" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo, matmul, generate, packing or record"); break;
+                    case "--rounds": rounds = int.Parse(Value(), CultureInfo.InvariantCulture); break;
+                    case "--python": python = Value(); break;
+                    case "--spec": spec = Value(); break;
+                    case "--result": result = Value(); break;
                     case "--models": models = Value(); break;
                     case "--pairs": pairs = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--length": length = int.Parse(Value(), CultureInfo.InvariantCulture); break;
@@ -253,11 +269,11 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
             try { DpoBench.Config(name); }
             catch (ArgumentException e) { Console.Error.WriteLine($"ModelBench: --models: {e.Message}"); return null; }
         }
-        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib, suite, names, pairs, length, iters);
+        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib, suite, names, pairs, length, iters, rounds, python, spec, result);
     }
 
     private static void Usage() => Console.Error.WriteLine(
-        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|generate|packing] [--models opt-125m,opt-1.3b] [--pairs N --length T --iters N (dpo; generate: rows, new tokens)]");
+        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|generate|packing|record] [--models opt-125m,opt-1.3b] [--pairs N --length T --iters N (dpo; generate: rows, new tokens)] [--rounds N --python PATH (record)]");
 }
 
 internal static class Report
