@@ -197,14 +197,7 @@ internal sealed record Plan((int Batch, int Length)[] Forward, int[] Generate, i
 
 internal sealed record ResultRow(string Name, string Shape, double[] Seconds, double Tokens, string Unit)
 {
-    public double Median
-    {
-        get
-        {
-            var s = Seconds.OrderBy(x => x).ToArray();
-            return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
-        }
-    }
+    public double Median => Report.Median(Seconds);
     public double Throughput => Tokens / Median;
     public string Line() => string.Create(CultureInfo.InvariantCulture,
         $"{Name,-28} {Shape,-18} median {Median * 1000,10:F1} ms  {Throughput,12:F0} {Unit}  (runs: {string.Join(", ", Seconds.Select(t => (t * 1000).ToString("F0", CultureInfo.InvariantCulture)))} ms)");
@@ -281,12 +274,25 @@ internal static class Report
     public static string DefaultPath(Device device, string dtype)
     {
         // the repository's benchmarks/results, found from the working directory, else next to it
-        string root = Directory.GetCurrentDirectory();
-        for (var d = new DirectoryInfo(root); d is not null; d = d.Parent)
-            if (File.Exists(Path.Combine(d.FullName, "WeakTeacher.Native.sln"))) { root = d.FullName; break; }
+        string root = RepositoryRoot() ?? Directory.GetCurrentDirectory();
         string name = device.type == DeviceType.CUDA ? "cuda" : "cpu";
         string suffix = dtype == "float32" ? "" : "-" + dtype;
         return Path.Combine(root, "benchmarks", "results", $"model-{name}{suffix}-{DateTime.UtcNow:yyyy-MM-dd}.md");
+    }
+
+    /// <summary>The checkout (the folder of WeakTeacher.Native.sln) above the working directory or ModelBench.dll; null if neither is in one.</summary>
+    internal static string? RepositoryRoot()
+    {
+        foreach (var start in new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory })
+            for (var d = new DirectoryInfo(start); d is not null; d = d.Parent)
+                if (File.Exists(Path.Combine(d.FullName, "WeakTeacher.Native.sln"))) return d.FullName;
+        return null;
+    }
+
+    public static double Median(IEnumerable<double> values)
+    {
+        var s = values.Order().ToArray();
+        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
     }
 
     public static string Table(List<ResultRow> rows)
@@ -328,20 +334,27 @@ internal static class Report
     }
 
     // other processes compete for the cores; the load average says how much
-    private static string LoadAverage()
+    internal static string LoadAverage()
     {
         try { return string.Join(" / ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)); }
         catch (IOException) { return "unknown"; }
     }
 
-    private static string CpuModel()
+    /// <summary>The CPU's model name, vendor and family (AMD and Intel parts differ here: oneMKL's code paths).</summary>
+    internal static string CpuModel()
     {
+        string? model = null, vendor = null, family = null;
         try
         {
             foreach (var line in File.ReadLines("/proc/cpuinfo"))
-                if (line.StartsWith("model name", StringComparison.Ordinal)) return line[(line.IndexOf(':') + 1)..].Trim();
+            {
+                string Value() => line[(line.IndexOf(':') + 1)..].Trim();
+                if (model is null && line.StartsWith("model name", StringComparison.Ordinal)) model = Value();
+                else if (vendor is null && line.StartsWith("vendor_id", StringComparison.Ordinal)) vendor = Value();
+                else if (family is null && line.StartsWith("cpu family", StringComparison.Ordinal)) family = Value();
+            }
         }
         catch (IOException) { }
-        return RuntimeInformation.ProcessArchitecture.ToString();
+        return $"{model ?? RuntimeInformation.ProcessArchitecture.ToString()} ({vendor ?? "unknown vendor"}, family {family ?? "?"})";
     }
 }

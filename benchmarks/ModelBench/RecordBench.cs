@@ -248,11 +248,11 @@ internal static class RecordBench
             Console.Error.WriteLine("ModelBench --suite record: no Python that imports torch and numpy (Debian: python3-torch python3-numpy; set WT_PYTHON to choose one)");
             return 3;
         }
-        string script = Path.Combine(RepositoryRoot(), "benchmarks", "torch_baseline.py");
+        string script = Path.Combine(RepoRoot(), "benchmarks", "torch_baseline.py");
         string work = Path.Combine(Path.GetTempPath(), $"wt-record-{Environment.ProcessId}");
         Directory.CreateDirectory(work);
         var clock = Stopwatch.StartNew();
-        string loadBefore = LoadAverage();
+        string loadBefore = Report.LoadAverage();
         try
         {
             var config = quick
@@ -291,14 +291,14 @@ internal static class RecordBench
                         results[w.Name][side] = s with { Last = r };
                         log(string.Create(CultureInfo.InvariantCulture,
                             $"round {round + 1}/{rounds} {w.Name,-18} {side,-7} passes {string.Join(", ", r.TimesMs.Select(t => t.ToString("F0", CultureInfo.InvariantCulture)))} ms, " +
-                            $"peak RSS {r.PeakRssMib:F0} MiB, process {watch.Elapsed.TotalSeconds:F0} s, load {LoadAverage()}"));
+                            $"peak RSS {r.PeakRssMib:F0} MiB, process {watch.Elapsed.TotalSeconds:F0} s, load {Report.LoadAverage()}"));
                     }
                 }
             double matmulAfter = TrainingMatmulRate(quick);
             log(string.Create(CultureInfo.InvariantCulture, $"matmul rate after: {matmulAfter:F1} GFLOP/s"));
-            string report = Report(settings, config, workloads, results, lengthNote, threads, rounds, python, (matmulBefore + matmulAfter) / 2,
+            string report = Markdown(settings, config, workloads, results, lengthNote, threads, rounds, python, (matmulBefore + matmulAfter) / 2,
                 matmulBefore, matmulAfter, loadBefore, clock.Elapsed);
-            string outPath = settings.Out ?? Path.Combine(RepositoryRoot(), "benchmarks", "results", quick ? "bench-cpu-quick.md" : "bench-cpu.md");
+            string outPath = settings.Out ?? Path.Combine(RepoRoot(), "benchmarks", "results", quick ? "bench-cpu-quick.md" : "bench-cpu.md");
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
             WeakTeacher.Engine.AtomicFile.WriteAllText(outPath, report);
             Console.WriteLine(report);
@@ -364,7 +364,7 @@ internal static class RecordBench
         return 2 * linear * tokens + 4 * d * attentionCells * c.NumHiddenLayers + 2 * d * c.VocabSize * headRows;
     }
 
-    private static string Report(BenchSettings settings, ModelConfig config, List<Workload> workloads, Dictionary<string, Dictionary<string, Side>> results,
+    private static string Markdown(BenchSettings settings, ModelConfig config, List<Workload> workloads, Dictionary<string, Dictionary<string, Side>> results,
         string lengthNote, int threads, int rounds, string python, double matmul, double matmulBefore, double matmulAfter, string loadBefore, TimeSpan elapsed)
     {
         var m = new StringBuilder();
@@ -373,8 +373,8 @@ internal static class RecordBench
         m.AppendLine($"# The benchmark of record: the engine against PyTorch eager{(settings.Quick ? " (--quick: a tiny model, it checks the harness, not the numbers)" : "")}");
         m.AppendLine();
         m.AppendLine($"- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; commit {GitCommit()}");
-        m.AppendLine($"- Machine: {CpuDescription()}, {Environment.ProcessorCount} logical cores, {TotalMemoryGib():F0} GiB; {threads} threads on each side");
-        m.AppendLine($"- Load average (1/5/15 min) before: {loadBefore}; after: {LoadAverage()}");
+        m.AppendLine($"- Machine: {Report.CpuModel()}, {Environment.ProcessorCount} logical cores, {TotalMemoryGib():F0} GiB; {threads} threads on each side");
+        m.AppendLine($"- Load average (1/5/15 min) before: {loadBefore}; after: {Report.LoadAverage()}");
         bool mklInside = !engine0.Blas.Split(';')[0].Contains("blas", StringComparison.OrdinalIgnoreCase) && !engine0.Blas.Split(';')[0].Contains("mkl", StringComparison.OrdinalIgnoreCase);
         m.AppendLine($"- Engine: {engine0.Runtime}; BLAS mapped: {engine0.Blas}{(mklInside ? " (no separate BLAS: the oneMKL linked into TorchSharp's libtorch_cpu)" : "")}");
         m.AppendLine($"- PyTorch: {torch0.Runtime} ({torch0.Model} model) via {python}; BLAS mapped: {torch0.Blas}");
@@ -404,7 +404,7 @@ internal static class RecordBench
                 "new tok/s" => (double)w.Spec.Prompts.Length * w.Spec.NewTokens,
                 _ => e.Last.RealTokens,
             };
-            double em = Median(e.Times), tm = Median(t.Times);
+            double em = Report.Median(e.Times), tm = Report.Median(t.Times);
             double ePeak = e.Peaks.Max(), tPeak = t.Peaks.Max();
             double ePad = 1 - (double)e.Last.RealTokens / e.Last.Cells, tPad = 1 - (double)t.Last.RealTokens / t.Last.Cells;
             ratios[w.Name] = (tm / em, ePeak / tPeak, ePad, em);
@@ -472,11 +472,9 @@ internal static class RecordBench
         return m.ToString();
     }
 
-    private static double Median(List<double> values)
-    {
-        var s = values.Order().ToArray();
-        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
-    }
+
+    private static string RepoRoot() => Report.RepositoryRoot()
+        ?? throw new DirectoryNotFoundException("the repository (WeakTeacher.Native.sln) is not above the working directory or ModelBench.dll");
 
     private static double TrainingMatmulRate(bool quick)
     {
@@ -525,19 +523,12 @@ internal static class RecordBench
         return null;
     }
 
-    private static string RepositoryRoot()
-    {
-        foreach (var start in new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory })
-            for (var d = new DirectoryInfo(start); d is not null; d = d.Parent)
-                if (File.Exists(Path.Combine(d.FullName, "WeakTeacher.Native.sln"))) return d.FullName;
-        throw new DirectoryNotFoundException("the repository (WeakTeacher.Native.sln) is not above the working directory or ModelBench.dll");
-    }
 
     private static string GitCommit()
     {
         try
         {
-            var start = new ProcessStartInfo("git") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = RepositoryRoot() };
+            var start = new ProcessStartInfo("git") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = RepoRoot() };
             foreach (var a in new[] { "describe", "--always", "--dirty" }) start.ArgumentList.Add(a);
             using var p = Process.Start(start)!;
             string text = p.StandardOutput.ReadToEnd().Trim();
@@ -547,22 +538,6 @@ internal static class RecordBench
         catch (System.ComponentModel.Win32Exception) { return "unknown (no git)"; }
     }
 
-    internal static string CpuDescription()
-    {
-        string? model = null, vendor = null, family = null;
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/cpuinfo"))
-            {
-                string Value() => line[(line.IndexOf(':') + 1)..].Trim();
-                if (model is null && line.StartsWith("model name", StringComparison.Ordinal)) model = Value();
-                else if (vendor is null && line.StartsWith("vendor_id", StringComparison.Ordinal)) vendor = Value();
-                else if (family is null && line.StartsWith("cpu family", StringComparison.Ordinal)) family = Value();
-            }
-        }
-        catch (IOException) { }
-        return $"{model ?? System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString()} ({vendor ?? "unknown vendor"}, family {family ?? "?"})";
-    }
 
     private static double TotalMemoryGib()
     {
@@ -576,9 +551,4 @@ internal static class RecordBench
         return double.NaN;
     }
 
-    private static string LoadAverage()
-    {
-        try { return string.Join(" / ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)); }
-        catch (IOException) { return "unknown"; }
-    }
 }
