@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Text;
 using TorchSharp;
 using WeakTeacher.CudaKernels;
@@ -81,20 +82,7 @@ internal static class DpoBench
             Tensor precomputed;
             using (no_grad()) precomputed = ResponseLogProbs.Compute(reference, batch).detach();
 
-            void Step(bool withReference)
-            {
-                using var scope = NewDisposeScope();
-                Tensor referenceLogps;
-                using (no_grad()) referenceLogps = withReference ? ResponseLogProbs.Compute(reference, batch) : precomputed;
-                using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
-                var loss = Loss(logps.SequenceLogps, referenceLogps, pairs, trainConfig);
-                loss.backward();
-                mixed.AccumulateGradients();
-                optimizer.ClipGradients(trainConfig.MaxGradNorm);
-                optimizer.Step();
-                mixed.CopyToModel();
-                optimizer.ZeroGrad();
-            }
+            void Step(bool withReference) => DpoStep(policy, withReference ? reference : null, batch, precomputed, pairs, trainConfig, mixed, optimizer);
             long tokens = 2L * pairs * length;
             double ms = Timed(() => Step(true), device, warm, iters);
             Record("dpo step (policy + reference)", ms, $"{tokens / ms * 1000:F0} tok/s");
@@ -107,13 +95,12 @@ internal static class DpoBench
             long liveBefore = Tensor.TotalCount;
             for (int i = 0; i < iters; i++)
             {
-                var (t, peaks) = StageTimes(policy, batch, precomputed, pairs, trainConfig, mixed, optimizer, device);
-                for (int s = 0; s < 4; s++) { stages[s] += t[s] / iters; stagePeaks[s] = Math.Max(stagePeaks[s], peaks[s]); }
+                var (t, memory) = StageTimes(policy, batch, precomputed, pairs, trainConfig, mixed, optimizer, device);
+                for (int s = 0; s < 4; s++) { stages[s] += t[s] / iters; stagePeaks[s] = Math.Max(stagePeaks[s], memory[s].PeakRss); }
             }
-            string[] stageNames = ["forward", "head + log-probs", "backward", "optimizer"];
             for (int s = 0; s < 4; s++)
-                Record($"  stage: {stageNames[s]}", stages[s], $"{stages[s] / stages.Sum() * 100:F0}% of the step" +
-                    (ProcessMemory.CanResetPeak ? $", peak RSS {stagePeaks[s] / (1024.0 * 1024):F0} MiB" : ""));
+                Record($"  stage: {StageNames[s]}", stages[s], $"{stages[s] / stages.Sum() * 100:F0}% of the step" +
+                    (ProcessMemory.CanResetPeak ? $", peak RSS {Mib(stagePeaks[s]):F0} MiB" : ""));
             // managed tensors still alive after the steps returned: each holds native memory until disposed or collected
             log($"live tensors after {iters} instrumented step(s): {Tensor.TotalCount - liveBefore:+0;-0;0} (before: {liveBefore})");
             mixed.End();
@@ -159,6 +146,92 @@ internal static class DpoBench
         return values.data<long>().Select(v => (int)v).ToArray();
     }
 
+    private static readonly string[] StageNames = ["forward", "head + log-probs", "backward", "optimizer"];
+
+    private static double Mib(long bytes) => bytes / (1024.0 * 1024);
+
+    /// <summary>One DPO step as the trainers run it (the reference forward when <paramref name="reference"/> is given,
+    /// else the precomputed log-probs): policy log-probs, loss, backward, clip, AdamW, gradients released.</summary>
+    private static void DpoStep(CausalLM policy, CausalLM? reference, PreferenceBatch batch, Tensor precomputed, int pairs, DpoConfig config,
+        MixedPrecision mixed, TrainingOptimizer optimizer)
+    {
+        using var scope = NewDisposeScope();
+        Tensor referenceLogps;
+        using (no_grad()) referenceLogps = reference is not null ? ResponseLogProbs.Compute(reference, batch) : precomputed;
+        using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
+        var loss = Loss(logps.SequenceLogps, referenceLogps, pairs, config);
+        loss.backward();
+        mixed.AccumulateGradients();
+        optimizer.ClipGradients(config.MaxGradNorm);
+        optimizer.Step();
+        mixed.CopyToModel();
+        optimizer.ZeroGrad();
+    }
+
+    /// <summary>
+    /// --suite dpo-memory: where the precomputed-reference DPO step's memory goes, per stage (forward, head + log-probs,
+    /// backward, optimizer) of the instrumented step: the stage's peak RSS (VmHWM reset before it), and at its end the
+    /// RSS, the bytes malloc has handed out and not had back (mallinfo2: live tensors' storage plus the allocator's
+    /// own, so RSS minus it is freed memory the process kept) and the managed tensors alive. Before them, the same at
+    /// each point of the setup, so a stage's excess over the state it starts from shows.
+    /// </summary>
+    public static string RunMemory(string name, Device device, Action<string> log, int pairs, int length, int iters)
+    {
+        var lines = new List<string> { "| point | ms | peak RSS MiB | RSS MiB | malloc in use MiB | live tensors |", "| --- | ---: | ---: | ---: | ---: | ---: |" };
+        void Point(string what, long peak, double ms = 0)
+        {
+            string line = string.Create(CultureInfo.InvariantCulture,
+                $"| {what} | {(ms > 0 ? ms.ToString("F0", CultureInfo.InvariantCulture) : "")} | {(peak > 0 ? Mib(peak).ToString("F0", CultureInfo.InvariantCulture) : "")} | {Mib(ProcessMemory.Rss()):F0} | {Mib(ProcessMemory.HeapInUse()):F0} | {Tensor.TotalCount} |");
+            lines.Add(line);
+            log(line);
+        }
+        Point("runtime started", ProcessMemory.PeakRss());
+        var config = Config(name);
+        using var policy = CausalLMFactory.Create(config, device, ScalarType.Float32, seed: 1);
+        using var reference = CausalLMFactory.Create(config, device, ScalarType.Float32, seed: 2);
+        Point("policy and reference built", ProcessMemory.PeakRss());
+        var generator = new torch.Generator(7);
+        var tokenized = Enumerable.Range(0, pairs).Select(_ => new TokenizedPair(Random(length / 2, generator), Random(length - length / 2, generator),
+            Random(length - length / 2, generator))).ToArray();
+        using var batch = Collator.CollatePreferences(tokenized, config.PadTokenId!.Value, device);
+        var trainConfig = new DpoConfig { Precision = TrainingPrecision.Fp32, LearningRate = 1e-6, Lora = null };
+        policy.train();
+        using var mixed = MixedPrecision.Begin(policy, TrainingPrecision.Fp32);
+        using var optimizer = TrainingOptimizer.Create(policy, trainConfig, mixed.Trainable);
+        Tensor precomputed;
+        using (no_grad()) precomputed = ResponseLogProbs.Compute(reference, batch).detach();
+        Point("reference log-probs precomputed", ProcessMemory.PeakRss());
+        ProcessMemory.ResetPeak();
+        DpoStep(policy, null, batch, precomputed, pairs, trainConfig, mixed, optimizer);
+        Point("first step (optimizer state allocated)", ProcessMemory.PeakRss());
+        ProcessMemory.ResetPeak();
+        var watch = Stopwatch.StartNew();
+        for (int i = 0; i < iters; i++) DpoStep(policy, null, batch, precomputed, pairs, trainConfig, mixed, optimizer);
+        Point($"{iters} more steps (as --suite dpo times them; ms per step)", ProcessMemory.PeakRss(), watch.Elapsed.TotalMilliseconds / iters);
+        for (int i = 0; i < iters; i++)
+        {
+            var (times, memory) = StageTimes(policy, batch, precomputed, pairs, trainConfig, mixed, optimizer, device);
+            for (int s = 0; s < 4; s++)
+            {
+                var m = memory[s];
+                string line = string.Create(CultureInfo.InvariantCulture,
+                    $"| step {i + 1}: {StageNames[s]} | {times[s]:F0} | {Mib(m.PeakRss):F0} | {Mib(m.Rss):F0} | {Mib(m.HeapInUse):F0} | {m.LiveTensors} |");
+                lines.Add(line);
+                log(line);
+            }
+        }
+        Point("after the steps", 0);
+        precomputed.Dispose();
+        return $"DPO step memory, {name} (fp32), {pairs} pairs x {length}, precomputed reference, on {TorchDevice.Describe(device)}\n\n" +
+            string.Join('\n', lines) + "\n";
+    }
+
+    /// <summary>A stage's memory: its peak RSS, and at its end the RSS, malloc's bytes in use and the live tensors.</summary>
+    internal readonly record struct StageMemory(long PeakRss, long Rss, long HeapInUse, long LiveTensors)
+    {
+        public static StageMemory Now() => new(ProcessMemory.PeakRss(), ProcessMemory.Rss(), ProcessMemory.HeapInUse(), Tensor.TotalCount);
+    }
+
     private static Tensor Loss(Tensor policyLogps, Tensor referenceLogps, int pairs, DpoConfig config)
     {
         var reference = referenceLogps.to(policyLogps.device);
@@ -167,7 +240,7 @@ internal static class DpoBench
         return PreferenceScoring.Loss(inputs, config.LossSettings).Loss;
     }
 
-    private static (double[] Times, long[] PeakRss) StageTimes(CausalLM policy, PreferenceBatch batch, Tensor precomputed, int pairs, DpoConfig config,
+    private static (double[] Times, StageMemory[] Memory) StageTimes(CausalLM policy, PreferenceBatch batch, Tensor precomputed, int pairs, DpoConfig config,
         MixedPrecision mixed, TrainingOptimizer optimizer, Device device)
     {
         using var scope = NewDisposeScope();
@@ -180,7 +253,7 @@ internal static class DpoBench
         var (seqDevice, rowDevice, labelDevice) = (HostTransfers.ToDevice(sequenceIndex, device), HostTransfers.ToDevice(rowIndex, device),
             HostTransfers.ToDevice(labels, device));
         var times = new double[4];
-        var peaks = new long[4];
+        var peaks = new StageMemory[4];
         var watch = Stopwatch.StartNew();
         TorchDevice.Synchronize(device);
         ProcessMemory.ResetPeak();
@@ -188,7 +261,7 @@ internal static class DpoBench
         var hidden = policy.ForwardHidden(batch.InputIds, batch.AttentionMask);
         TorchDevice.Synchronize(device);
         times[0] = watch.Elapsed.TotalMilliseconds;
-        peaks[0] = ProcessMemory.PeakRss();
+        peaks[0] = StageMemory.Now();
         ProcessMemory.ResetPeak();
         watch.Restart();
         var rows = hidden.reshape(b * t, hidden.shape[2]).index_select(0, rowDevice);
@@ -196,14 +269,14 @@ internal static class DpoBench
         var loss = Loss(sequence, precomputed, pairs, config);
         TorchDevice.Synchronize(device);
         times[1] = watch.Elapsed.TotalMilliseconds;
-        peaks[1] = ProcessMemory.PeakRss();
+        peaks[1] = StageMemory.Now();
         ProcessMemory.ResetPeak();
         watch.Restart();
         loss.backward();
         mixed.AccumulateGradients();
         TorchDevice.Synchronize(device);
         times[2] = watch.Elapsed.TotalMilliseconds;
-        peaks[2] = ProcessMemory.PeakRss();
+        peaks[2] = StageMemory.Now();
         ProcessMemory.ResetPeak();
         watch.Restart();
         optimizer.ClipGradients(config.MaxGradNorm);
@@ -212,7 +285,7 @@ internal static class DpoBench
         optimizer.ZeroGrad();
         TorchDevice.Synchronize(device);
         times[3] = watch.Elapsed.TotalMilliseconds;
-        peaks[3] = ProcessMemory.PeakRss();
+        peaks[3] = StageMemory.Now();
         return (times, peaks);
     }
 
@@ -252,4 +325,27 @@ internal static class ProcessMemory
                 return long.Parse(line[field.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
         return 0;
     }
+
+    /// <summary>Bytes glibc's malloc has handed out and not had back, over all arenas (mallinfo2: uordblks + hblkhd;
+    /// libtorch's CPU tensors are allocated there); 0 off glibc.</summary>
+    public static long HeapInUse()
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
+        try
+        {
+            var info = mallinfo2();
+            return (long)(info.uordblks + info.hblkhd);
+        }
+        catch (EntryPointNotFoundException) { return 0; }
+        catch (DllNotFoundException) { return 0; }
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct MallInfo2
+    {
+        public nuint arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+    }
+
+    [DllImport("libc.so.6")]
+    private static extern MallInfo2 mallinfo2();
 }

@@ -4,10 +4,11 @@
 // 16 pairs x 512 tokens) in the baseline's table format (DpoBench.cs). With --suite packing: packed (padding_free)
 // against padded DPO steps and length-sorted against input-order batches on long-tailed lengths (PackingBench.cs). Usage:
 //   dotnet ModelBench.dll [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path]
-//                         [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|generate|packing] [--models opt-125m,opt-1.3b]
+//                         [--threads N] [--torch-lib DIR] [--suite model|dpo|dpo-memory|matmul|generate|packing] [--models opt-125m,opt-1.3b]
 //                         [--pairs N --length T --iters N]   (dpo: the shape, the CPU's is 4 x 128; 1 warm-up + N timed)
 //   --suite matmul: the matmul rate (training-sized, decode head layouts, OpenBLAS where WT_HOST_BLAS=openblas) and the BLAS mapped
 //   --suite generate: greedy KV-cache generation 8 x (32 + 64) (--pairs rows, --length new tokens), OPT-125M config
+//   --suite dpo-memory: the precomputed-reference DPO step's memory per setup point and stage (peak RSS, RSS, malloc in use, live tensors)
 //   --suite record: the benchmark of record, the engine against benchmarks/torch_baseline.py on the same weights and
 //                   lengths, alternated (RecordBench.cs; ./build.sh bench) -> benchmarks/results/bench-cpu.md
 // Writes a markdown report to benchmarks/results/model-<device>-<date>.md (or --out).
@@ -89,6 +90,13 @@ if (settings.Suite == "generate")
 if (settings.Suite == "matmul")
 {
     Console.WriteLine(MatmulRate.Report(device, settings.Quick));
+    return 0;
+}
+if (settings.Suite == "dpo-memory")
+{
+    string memoryTable = DpoBench.RunMemory(settings.Models[0], device, Console.WriteLine, settings.Pairs ?? 4, settings.Length ?? 128, settings.Iters ?? 2);
+    Console.WriteLine(memoryTable);
+    if (settings.Out is { } memoryOut) File.WriteAllText(memoryOut, memoryTable);
     return 0;
 }
 if (settings.Suite == "dpo")
@@ -225,7 +233,7 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
                     case "--out": outPath = Value(); break;
                     case "--threads": threads = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--torch-lib": torchLib = Value(); break;
-                    case "--suite": suite = Value() is "model" or "dpo" or "matmul" or "generate" or "packing" or "record" or "record-worker" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo, matmul, generate, packing or record"); break;
+                    case "--suite": suite = Value() is "model" or "dpo" or "dpo-memory" or "matmul" or "generate" or "packing" or "record" or "record-worker" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo, dpo-memory, matmul, generate, packing or record"); break;
                     case "--rounds": rounds = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--python": python = Value(); break;
                     case "--spec": spec = Value(); break;
@@ -266,7 +274,7 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
     }
 
     private static void Usage() => Console.Error.WriteLine(
-        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|matmul|generate|packing|record] [--models opt-125m,opt-1.3b] [--pairs N --length T --iters N (dpo; generate: rows, new tokens)] [--rounds N --python PATH (record)]");
+        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|dpo-memory|matmul|generate|packing|record] [--models opt-125m,opt-1.3b] [--pairs N --length T --iters N (dpo; generate: rows, new tokens)] [--rounds N --python PATH (record)]");
 }
 
 internal static class Report
