@@ -87,7 +87,7 @@ internal sealed class MixedPrecision : IDisposable
     public IReadOnlyList<(string Name, Parameter Parameter)> Trainable => _trainable;
 
     /// <summary>After a micro-batch's backward: its compute-dtype gradients are added into the masters' float32 ones
-    /// and zeroed in the model.</summary>
+    /// and released in the model (the next backward allocates them anew).</summary>
     public void AccumulateGradients()
     {
         if (!Mixed) return;
@@ -98,9 +98,14 @@ internal sealed class MixedPrecision : IDisposable
             using var grad = compute[name].grad;
             if (grad is null) continue;
             using var masterGrad = master.grad;
-            if (masterGrad is null) master.grad = grad.to(ScalarType.Float32);
+            if (masterGrad is null)
+            {
+                // the wrapper is disposed here: the gradient lives in the master only, released with it by ZeroGrad
+                using var grad32 = grad.to(ScalarType.Float32);
+                master.grad = grad32;
+            }
             else masterGrad.AddInPlace(grad);
-            grad.zero_();
+            compute[name].grad = null;
         }
     }
 

@@ -85,14 +85,12 @@ public sealed class TrainingOptimizer : IDisposable
     /// <summary>Sets the learning rate of every group (the schedule is computed by the trainer).</summary>
     public void SetLearningRate(double learningRate) => _learningRate = learningRate;
 
-    /// <summary>Gradients to zero (kept allocated, as accumulation adds into them).</summary>
+    /// <summary>Gradients released, as torch's zero_grad(set_to_none=True) (its default since 2.0): none is held through
+    /// the next forward (a model's size in float32); the next backward allocates them anew and accumulation adds into
+    /// those. A parameter the next backward gives no gradient is then skipped by <see cref="Step"/>, as torch.optim skips it.</summary>
     public void ZeroGrad()
     {
-        foreach (var (_, parameter) in _parameters)
-        {
-            using var grad = parameter.grad;
-            grad?.zero_();
-        }
+        foreach (var (_, parameter) in _parameters) parameter.grad = null;
     }
 
     /// <summary>

@@ -60,7 +60,7 @@ public class StepMemoryTests
         Tensor reference;
         using (no_grad()) reference = ResponseLogProbs.Compute(policy, batch).detach().DetachFromDisposeScope();
         using var optimizer = TrainingOptimizer.Create(policy, config);
-        // the first step allocates the optimizer's state and the gradients, both kept for the next steps
+        // the first step allocates the optimizer's state, kept for the next steps (the gradients are released by ZeroGrad)
         DpoStep(policy, batch, reference, optimizer, config, tokenTerm);
         long before = Live;
         const int steps = 3;
@@ -86,6 +86,31 @@ public class StepMemoryTests
                 ResponseLogProbs.ComputeDetailed(model, batch).Dispose();
             }
         Assert.Equal(before, Live);
+    }
+
+    [Fact]
+    public void ZeroGradReleasesTheGradientsAndTheNextBackwardAllocatesThemAnew()
+    {
+        using var policy = TrainingTestKit.Opt(10);
+        policy.train();
+        var config = new DpoConfig { LearningRate = 1e-3, Lora = null };
+        using var batch = Batch();
+        Tensor reference;
+        using (no_grad()) reference = ResponseLogProbs.Compute(policy, batch).detach().DetachFromDisposeScope();
+        using var optimizer = TrainingOptimizer.Create(policy, config);
+        bool AllReleased() => optimizer.Parameters.All(p => { using var g = p.Parameter.grad; return g is null; });
+        DpoStep(policy, batch, reference, optimizer, config, tokenTerm: false);
+        // nothing of the step's gradients is held into the next forward (a model's size in float32)
+        Assert.True(AllReleased());
+        using var scope = NewDisposeScope();
+        int b = batch.PairCount;
+        var logps = ResponseLogProbs.Compute(policy, batch);
+        PreferenceScoring.Loss(new PreferenceLossInputs(logps.narrow(0, 0, b), logps.narrow(0, b, b), reference.narrow(0, 0, b), reference.narrow(0, b, b)),
+            config.LossSettings).Loss.backward();
+        Assert.All(optimizer.Parameters, p => { using var g = p.Parameter.grad; Assert.NotNull(g); });
+        optimizer.ZeroGrad();
+        Assert.True(AllReleased());
+        reference.Dispose();
     }
 
     [Fact]
