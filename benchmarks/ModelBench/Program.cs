@@ -4,10 +4,12 @@
 // 16 pairs x 512 tokens) in the baseline's table format (DpoBench.cs). With --suite packing: packed (padding_free)
 // against padded DPO steps and length-sorted against input-order batches on long-tailed lengths (PackingBench.cs). Usage:
 //   dotnet ModelBench.dll [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path]
-//                         [--threads N] [--torch-lib DIR] [--suite model|dpo|dpo-memory|matmul|generate|packing] [--models opt-125m,opt-1.3b]
+//                         [--threads N] [--torch-lib DIR] [--suite model|dpo|dpo-memory|matmul|generate|generate-profile|packing] [--models opt-125m,opt-1.3b]
 //                         [--pairs N --length T --iters N]   (dpo: the shape, the CPU's is 4 x 128; 1 warm-up + N timed)
 //   --suite matmul: the matmul rate (training-sized, decode head layouts, OpenBLAS where WT_HOST_BLAS=openblas) and the BLAS mapped
-//   --suite generate: greedy KV-cache generation 8 x (32 + 64) (--pairs rows, --length new tokens), OPT-125M config
+//   --suite generate: greedy KV-cache generation 8 x (32 + 64) (--pairs rows, --length new tokens, --iters rounds), OPT-125M
+//                     config; with OpenBLAS installed the head through torch and through OpenBLAS alternate
+//   --suite generate-profile: the same decode steps' time per part (head, layers' parts, cache writes, host work; GenerateProfile.cs)
 //   --suite dpo-memory: the precomputed-reference DPO step's memory per setup point and stage (peak RSS, RSS, malloc in use, live tensors)
 //   --suite record: the benchmark of record, the engine against benchmarks/torch_baseline.py on the same weights and
 //                   lengths, alternated (RecordBench.cs; ./build.sh bench) -> benchmarks/results/bench-cpu.md
@@ -65,26 +67,48 @@ if (settings.Suite == "packing")
     Console.WriteLine($"wrote {packingOut}");
     return 0;
 }
+if (settings.Suite == "generate-profile")
+{
+    var profileConfig = DpoBench.Config("opt-125m");
+    using var profiled = (OptModel)CausalLMFactory.Create(profileConfig, device, ScalarType.Float32, seed: 1);
+    using var profilePrompt = torch.randint(3, profileConfig.VocabSize, new long[] { settings.Pairs ?? 8, 32 }, dtype: ScalarType.Int64, device: device);
+    using (Generator.Generate(profiled, profilePrompt, torch.ones_like(profilePrompt), new GenerationOptions { MaxNewTokens = 4 })) { } // warm-up
+    Console.Write(GenerateProfile.Run(profiled, profilePrompt, settings.Length ?? 64, settings.Iters ?? 3));
+    return 0;
+}
 if (settings.Suite == "generate")
 {
-    // the issue's decode shape: greedy, KV cache, 8 x (32 + 64) on OPT-125M (random weights); medians of 3
+    // the issue's decode shape: greedy, KV cache, 8 x (32 + 64) on OPT-125M (random weights); medians
     var optConfig = DpoBench.Config("opt-125m");
     using var opt = CausalLMFactory.Create(optConfig, device, ScalarType.Float32, seed: 1);
     int rowsGen = settings.Pairs ?? 8, promptGen = 32, newGen = settings.Length ?? 64;
     using var promptIds = torch.randint(3, optConfig.VocabSize, new long[] { rowsGen, promptGen }, dtype: ScalarType.Int64, device: device);
     using var promptOnes = torch.ones(rowsGen, promptGen, dtype: ScalarType.Int64, device: device);
     var options = new GenerationOptions { MaxNewTokens = newGen, MinNewTokens = newGen };
-    var genTimes = new List<double>();
-    for (int i = 0; i < (settings.Quick ? 2 : 4); i++)
+    // with OpenBLAS installed, the head through torch and through OpenBLAS alternate in this one process (the load
+    // on a shared machine changes faster than separate runs could follow); the first round of each is the warm-up
+    bool configured = WeakTeacher.CudaKernels.HostBlas.Enabled;
+    WeakTeacher.CudaKernels.HostBlas.Enabled = true;
+    var heads = WeakTeacher.CudaKernels.HostBlas.Available ? new[] { false, true } : new[] { configured };
+    var genTimes = heads.ToDictionary(h => h, _ => new List<double>());
+    for (int i = 0; i < (settings.Quick ? 2 : settings.Iters ?? 4); i++)
+        foreach (bool openBlas in heads)
+        {
+            WeakTeacher.CudaKernels.HostBlas.Enabled = openBlas;
+            var watch = Stopwatch.StartNew();
+            using var result = Generator.Generate(opt, promptIds, promptOnes, options);
+            if (i > 0) genTimes[openBlas].Add(watch.Elapsed.TotalSeconds);
+        }
+    foreach (bool openBlas in heads)
     {
-        var watch = Stopwatch.StartNew();
-        using var result = Generator.Generate(opt, promptIds, promptOnes, options);
-        if (i > 0) genTimes.Add(watch.Elapsed.TotalSeconds);   // the first is the warm-up
+        WeakTeacher.CudaKernels.HostBlas.Enabled = openBlas;
+        var times = genTimes[openBlas].Order().ToList();
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"generation {rowsGen} x ({promptGen} + {newGen}), greedy, KV cache, {get_num_threads()} threads: {rowsGen * newGen / times[times.Count / 2]:F1} new tokens/s " +
+            $"(median of {times.Count}{(heads.Length > 1 ? ", alternated" : "")}; runs {string.Join(", ", times.Select(t => (rowsGen * newGen / t).ToString("F1", CultureInfo.InvariantCulture)))}); head product: {WeakTeacher.CudaKernels.HostBlas.Description}"));
     }
-    genTimes.Sort();
-    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"generation {rowsGen} x ({promptGen} + {newGen}), greedy, KV cache: {rowsGen * newGen / genTimes[genTimes.Count / 2]:F1} new tokens/s " +
-        $"(median of {genTimes.Count}); head product: {WeakTeacher.CudaKernels.HostBlas.Description}; BLAS mapped: {MatmulRate.LoadedBlas()}"));
+    WeakTeacher.CudaKernels.HostBlas.Enabled = configured;
+    Console.WriteLine($"BLAS mapped: {MatmulRate.LoadedBlas()}");
     return 0;
 }
 if (settings.Suite == "matmul")
@@ -233,7 +257,7 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
                     case "--out": outPath = Value(); break;
                     case "--threads": threads = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--torch-lib": torchLib = Value(); break;
-                    case "--suite": suite = Value() is "model" or "dpo" or "dpo-memory" or "matmul" or "generate" or "packing" or "record" or "record-worker" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo, dpo-memory, matmul, generate, packing or record"); break;
+                    case "--suite": suite = Value() is "model" or "dpo" or "dpo-memory" or "matmul" or "generate" or "generate-profile" or "packing" or "record" or "record-worker" ? args[i] : throw new ArgumentException($"--suite '{args[i]}' is not model, dpo, dpo-memory, matmul, generate, generate-profile, packing or record"); break;
                     case "--rounds": rounds = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--python": python = Value(); break;
                     case "--spec": spec = Value(); break;
@@ -274,7 +298,7 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
     }
 
     private static void Usage() => Console.Error.WriteLine(
-        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|dpo-memory|matmul|generate|packing|record] [--models opt-125m,opt-1.3b] [--pairs N --length T --iters N (dpo; generate: rows, new tokens)] [--rounds N --python PATH (record)]");
+        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|dpo-memory|matmul|generate|generate-profile|packing|record] [--models opt-125m,opt-1.3b] [--pairs N --length T --iters N (dpo; generate: rows, new tokens)] [--rounds N --python PATH (record)]");
 }
 
 internal static class Report

@@ -25,6 +25,9 @@ public sealed class OptModel : CausalLM
     /// <summary>OPT always ties lm_head to embed_tokens (transformers' _tied_weights_keys).</summary>
     public override Tensor OutputWeight => model.decoder.embed_tokens.weight!;
 
+    /// <summary>The decoder's modules (ModelBench's per-part profile of a decode step times them one by one).</summary>
+    internal OptDecoder Decoder => model.decoder;
+
     public override Tensor ForwardHidden(Tensor inputIds, Tensor attentionMask, KvCache? cache = null)
         => model.decoder.Forward(inputIds, attentionMask, cache);
 }
