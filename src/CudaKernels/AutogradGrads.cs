@@ -6,9 +6,40 @@ namespace WeakTeacher.CudaKernels;
 /// The custom autograd functions here turn off TorchSharp's materialize_grads: with it on, an output that received no
 /// gradient is zero-filled from a tensor TorchSharp made in the caller's dispose scope at forward time, which the caller
 /// may already have disposed when backward runs (crash). Unused outputs instead arrive undefined and become zeros here.
+/// Their backwards run through <see cref="Backward"/>, so that only the gradients they return outlive them.
 /// </summary>
 internal static class AutogradGrads
 {
     public static Tensor OrZeros(Tensor grad, long length, Device device)
         => grad is null || grad.IsInvalid ? zeros(length, ScalarType.Float32, device) : grad;
+
+    /// <summary>
+    /// A custom function's backward such that nothing it makes or unpacks outlives it, on whatever thread autograd runs
+    /// it (libtorch runs a CPU graph's backward on the caller's thread, inside the caller's dispose scopes, but a CUDA
+    /// node's on a device thread of its own, where no scope exists and an undisposed wrapper holds its native memory
+    /// until the collector finalises it): the saved tensors' wrappers, every temporary and the incoming gradients'
+    /// wrappers are disposed when it returns. The gradients it returns must outlive it (TorchSharp hands libtorch
+    /// their handles after it returns, and nothing calls back once libtorch has copied them): they go to the caller's
+    /// dispose scope, and where there is none (a CUDA backward) they are the collector's, the one thing left to it.
+    /// </summary>
+    public static List<Tensor> Backward(autograd.AutogradContext ctx, IReadOnlyList<Tensor?> grads, Func<List<Tensor>, List<Tensor>> body)
+    {
+        List<Tensor>? result = null;
+        using (var scope = NewDisposeScope())
+        {
+            try
+            {
+                result = body(ctx.get_saved_variables());
+                foreach (var r in result)
+                    if (r is not null && !r.IsInvalid && !grads.Any(g => ReferenceEquals(g, r))) r.MoveToOuterDisposeScope();
+            }
+            finally
+            {
+                // TorchSharp wrapped them for this call only; a gradient passed straight through is returned, not disposed
+                foreach (var g in grads)
+                    if (g is not null && !g.IsInvalid && (result is null || !result.Any(r => ReferenceEquals(g, r)))) g.Dispose();
+            }
+        }
+        return result;
+    }
 }

@@ -159,9 +159,21 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         return (rows, columns);
     }
 
-    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads)
+    /// <summary>Frees a saved buffer's memory once the backward has used it (turned into dlogits in place, it is
+    /// single-use already): the node would otherwise hold it until the graph is freed, past the rest of the backward
+    /// (the kept logits: N x V floats). Its storage is swapped for an empty one, so every holder of the tensor lets go;
+    /// a second backward through the node fails on its version counter, as it would on the in-place dlogits.</summary>
+    private static void Release(Tensor saved)
     {
-        var saved = ctx.get_saved_variables();
+        using var empty = torch.empty(0, saved.dtype, saved.device);
+        saved.set_(empty);
+    }
+
+    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads) =>
+        AutogradGrads.Backward(ctx, grads, saved => Backward(ctx, saved, grads));
+
+    private static List<Tensor> Backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> saved, List<Tensor> grads)
+    {
         long ignoreIndex = (long)ctx.get_data("ignoreIndex");
         int chunkRows = (int)ctx.get_data("chunkRows");
         bool cuda = (bool)ctx.get_data("cuda");
@@ -175,6 +187,7 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
             using var frozenScope = NewDisposeScope();
             var g = ReferenceLogProbs.RowGrad(AutogradGrads.OrZeros(grads[0], headGrad.shape[0], headGrad.device),
                 AutogradGrads.OrZeros(grads[1], numSequences, headGrad.device), frozenLabels, frozenSeq, ignoreIndex);
+            // float32: the saved product itself, scaled in place, is dH (nothing to free after)
             var dh = headGrad.to(ScalarType.Float32).mul_(g.unsqueeze(1)).to(headGrad.dtype).MoveToOuterDisposeScope();
             return [dh, null!, null!, null!, null!, null!, null!, null!, null!, null!];
         }
@@ -279,6 +292,7 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
             dHidden = needHidden ? logits.mm(weight).MoveToOuterDisposeScope() : null!;
             dWeight = logits.t().mm(hidden).MoveToOuterDisposeScope();
         }
+        Release(logits);
         return [dHidden, dWeight, null!, null!, null!, null!, null!, null!, null!, null!];
     }
 }

@@ -389,10 +389,11 @@ internal sealed class PreferenceLossFunction : TorchSharp.torch.autograd.MultiTe
         return [loss, chosen, rejected, accuracies, margins];
     }
 
-    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads)
-    {
-        if (grads[0] is null || grads[0].IsInvalid) return [null!, null!, null!, null!, null!, null!, null!];
-        var inputGrads = ctx.get_saved_variables()[0] * grads[0];
-        return [inputGrads[0], inputGrads[1], inputGrads[2], inputGrads[3], null!, null!, null!];
-    }
+    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads) =>
+        AutogradGrads.Backward(ctx, grads, saved =>
+        {
+            if (grads[0] is null || grads[0].IsInvalid) return [null!, null!, null!, null!, null!, null!, null!];
+            var inputGrads = saved[0] * grads[0];
+            return [inputGrads[0], inputGrads[1], inputGrads[2], inputGrads[3], null!, null!, null!];
+        });
 }

@@ -62,11 +62,12 @@ internal sealed class SequenceSumsFunction : TorchSharp.torch.autograd.SingleTen
         return SequenceSums.Forward(values, seqIndex, (int)vars[2]);
     }
 
-    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, Tensor grad)
-    {
-        var seqIndex = ctx.get_saved_variables()[0];
-        long rows = (long)ctx.get_data("rows");
-        var g = grad is null || grad.IsInvalid ? zeros(rows, ScalarType.Float32, seqIndex.device) : grad.index_select(0, seqIndex);
-        return [g, null!, null!];
-    }
+    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, Tensor grad) =>
+        AutogradGrads.Backward(ctx, [grad], saved =>
+        {
+            var seqIndex = saved[0];
+            long rows = (long)ctx.get_data("rows");
+            var g = grad is null || grad.IsInvalid ? zeros(rows, ScalarType.Float32, seqIndex.device) : grad.index_select(0, seqIndex);
+            return [g, null!, null!];
+        });
 }

@@ -72,9 +72,11 @@ internal sealed class TokenLogProbsFunction : TorchSharp.torch.autograd.MultiTen
         return [token, sequence];
     }
 
-    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads)
+    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads) =>
+        AutogradGrads.Backward(ctx, grads, saved => Backward(ctx, saved, grads));
+
+    private static List<Tensor> Backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> saved, List<Tensor> grads)
     {
-        var saved = ctx.get_saved_variables();
         Tensor logits = saved[0], labels = saved[1], seqIndex = saved[2], lse = saved[3];
         long ignoreIndex = (long)ctx.get_data("ignoreIndex");
         bool cuda = (bool)ctx.get_data("cuda");

@@ -72,6 +72,49 @@ public class StepMemoryTests
         reference.Dispose();
     }
 
+    /// <summary>
+    /// libtorch runs a CUDA node's backward on a device thread of its own, where no dispose scope exists; a CPU backward
+    /// called from a thread without one is the same situation, so the custom functions' wrappers are counted on such a
+    /// thread here: every one but the gradients the functions return (TorchSharp hands libtorch their handles after the
+    /// function returns) is disposed when the backward returns, none is left to the collector.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]   // full fine-tuning: the trained head's backward
+    [InlineData(true)]    // LoRA: the frozen head's backward
+    public void ABackwardOnAThreadWithoutDisposeScopeLeavesNoTensorAliveOnceReleased(bool lora)
+    {
+        using var policy = TrainingTestKit.Opt(11);
+        if (lora) LoraAdapters.Attach(policy, new LoraConfig { Rank = 2, TargetModules = ["q_proj", "v_proj"] }, seed: 11);
+        policy.train();
+        var config = new DpoConfig { LearningRate = 1e-3, Lora = null };
+        using var batch = Batch();
+        using var scope = NewDisposeScope();
+        Tensor reference;
+        using (no_grad()) reference = ResponseLogProbs.Compute(policy, batch).detach();
+        int b = batch.PairCount;
+        using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
+        var loss = PreferenceScoring.Loss(new PreferenceLossInputs(logps.SequenceLogps.narrow(0, 0, b), logps.SequenceLogps.narrow(0, b, b),
+            reference.narrow(0, 0, b), reference.narrow(0, b, b)), config.LossSettings).Loss;
+        long left = -1;
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                long before = Live;
+                loss.backward();
+                left = Live - before;
+            }
+            catch (Exception e) { failure = e; }
+        });
+        thread.Start();
+        thread.Join();
+        Assert.Null(failure);
+        // the fused head's dH (and dW when the head is trained), and as above the undefined gradient of the unused
+        // per-token output (counted as created, never as disposed)
+        Assert.Equal(lora ? 2 : 3, left);
+    }
+
     [Fact]
     public void LabellingPassesLeaveNoTensorAliveAfterTheyReturn()
     {
