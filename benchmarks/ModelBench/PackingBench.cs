@@ -14,9 +14,9 @@ using static TorchSharp.torch;
 /// Packed (padding_free) against right-padded DPO steps on long-tailed lengths (issue 17 points 1 and 2): an HH-RLHF-like
 /// length set (prompt and response lengths log-normal with long tails, chosen and rejected drawn apart, cut as the
 /// tokenizer truncates), the same micro-batches both ways, alternated, medians; the step is the trainers' own path
-/// (ResponseLogProbs over the batch's host-side rows, the sigmoid loss, backward, clipping, AdamW). Also the padding
-/// share of the forward-only passes (reference, labelling) in input order against length-sorted batches
-/// (<see cref="LengthBatches"/>), and their time on a few batches.
+/// (ResponseLogProbs over the batch's host-side rows, the sigmoid loss, backward, clipping, AdamW), with the packed
+/// layouts compared (rows of the longest sequence's width as before, Collator.Layout's choice, one row as TRL and
+/// OpenRLHF pack). Also the padding share of whole passes (labelling, the reference pass, training) padded and packed.
 /// </summary>
 internal static class PackingBench
 {
@@ -63,38 +63,39 @@ internal static class PackingBench
             $"lengths: {Stat(all)}; prompts: {Stat(prompts)}; responses: {Stat(responses)}; |chosen - rejected|: {Stat(gaps)}.");
         text.AppendLine();
 
-        // forward-only passes: padding share over the whole set, input order against length-sorted, at the demo's batch of 16
+        // padding share of whole passes over the set: right-padded batches in input order and length-sorted
+        // (LengthBatches), and the same batches packed, at the longest sequence's width (before) and as Collator.Layout
         int evalBatch = quick ? 4 : 16;
-        double Share(IEnumerable<int[]> plan)
+        double Share(IEnumerable<int[]> plan, Func<int[], (int[] RowLengths, int Width)> layout)
         {
             long real = 0, cells = 0;
             foreach (var b in plan)
             {
-                real += b.Sum(i => (long)set[i].ChosenLength + set[i].RejectedLength);
-                cells += 2L * b.Length * b.Max(i => set[i].LongerLength);
+                var (rowLengths, width) = layout(b.Select(i => set[i].ChosenLength).Concat(b.Select(i => set[i].RejectedLength)).ToArray());
+                real += rowLengths.Sum();
+                cells += (long)rowLengths.Length * width;
             }
             return 1 - (double)real / cells;
         }
-        var inputOrder = Enumerable.Range(0, (setSize + evalBatch - 1) / evalBatch)
-            .Select(k => Enumerable.Range(k * evalBatch, Math.Min(evalBatch, setSize - k * evalBatch)).ToArray()).ToList();
+        (int[], int) Padded(int[] lengths) { var l = Collator.Layout(lengths, packed: false); return (l.RowLengths, l.Width); }
+        (int[], int) AtLongest(int[] lengths) { var l = Collator.PackInto(lengths, int.MaxValue); return (l.RowLengths, l.Width); }
+        (int[], int) Packed(int[] lengths) { var l = Collator.Layout(lengths, packed: true, config.HiddenSize); return (l.RowLengths, l.Width); }
+        List<int[]> InputOrder(int size) => Enumerable.Range(0, (setSize + size - 1) / size)
+            .Select(k => Enumerable.Range(k * size, Math.Min(size, setSize - k * size)).ToArray()).ToList();
         var longer = set.Select(p => p.LongerLength).ToArray();
-        var sortedAll = LengthBatches.Plan(longer, evalBatch);
-        var sortedWindows = LengthBatches.Plan(longer, evalBatch, LengthBatches.Window(evalBatch));
-        text.AppendLine($"| forward-only pass (batch {evalBatch} pairs) | padding share |");
-        text.AppendLine("| --- | --- |");
-        text.AppendLine(string.Create(CultureInfo.InvariantCulture, $"| input order (before) | {Share(inputOrder):P1} |"));
-        text.AppendLine(string.Create(CultureInfo.InvariantCulture, $"| length-sorted, one window (reference pass, scoring, generation) | {Share(sortedAll):P1} |"));
-        text.AppendLine(string.Create(CultureInfo.InvariantCulture, $"| length-sorted in windows of {LengthBatches.WindowBatches} batches | {Share(sortedWindows):P1} |"));
-        // labelling as it runs by default: the windows' batches, each packed (LabelingOptions.PaddingFree)
-        long packedReal = 0, packedCells = 0;
-        foreach (var b in sortedWindows)
+        var passes = new (string Name, IReadOnlyList<int[]> Plan)[]
         {
-            var (_, rowLengths, width) = Collator.Layout(b.SelectMany(i => new[] { set[i].ChosenLength, set[i].RejectedLength }).ToArray(), packed: true);
-            packedReal += rowLengths.Sum();
-            packedCells += (long)rowLengths.Length * width;
-        }
-        text.AppendLine(string.Create(CultureInfo.InvariantCulture,
-            $"| the same batches packed (labelling's default, LabelingOptions.PaddingFree) | {1 - (double)packedReal / packedCells:P1} |"));
+            ($"labelling: batches of {evalBatch} pairs length-sorted in windows of {LengthBatches.WindowBatches} batches", LengthBatches.Plan(longer, evalBatch, LengthBatches.Window(evalBatch))),
+            ($"reference pass, scoring: batches of {evalBatch} pairs length-sorted (one window)", LengthBatches.Plan(longer, evalBatch)),
+            ($"reference pass at DPO's batch of {pairs} pairs (eval_batch_size unset), length-sorted", LengthBatches.Plan(longer, pairs)),
+            ($"DPO training: micro-batches of {pairs} pairs in input order", InputOrder(pairs)),
+            ($"forward-only in input order, batches of {evalBatch} pairs (no length batching)", InputOrder(evalBatch)),
+        };
+        text.AppendLine("| pass over the set | padded | packed, rows of the longest's width (before) | packed (Collator.Layout) |");
+        text.AppendLine("| --- | --- | --- | --- |");
+        foreach (var (name, plan) in passes)
+            text.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {name} | {Share(plan, Padded):P1} | {Share(plan, AtLongest):P1} | {Share(plan, Packed):P1} |"));
         text.AppendLine();
 
         using var policy = CausalLMFactory.Create(config, device, ScalarType.Float32, seed: 1);
@@ -104,12 +105,22 @@ internal static class PackingBench
         // micro-batches of `pairs` consecutive pairs of the set (input order, as the trainer's shuffled batches are unsorted)
         var micro = Enumerable.Range(0, batches).Select(k => set.Skip(k * pairs).Take(pairs).ToArray()).ToArray();
         var reference = micro.Select(m => randn(2 * m.Length).mul(10).sub(100)).ToArray();
-        double Step(TokenizedPair[] members, Tensor referenceLogps, bool packed, out double share, out long real)
+        int pad = config.PadTokenId!.Value;
+        // the layouts compared: right-padded, packed at the longest's width (before), Collator.Layout, all in one row
+        var variants = new (string Name, Func<TokenizedPair[], PreferenceBatch> Collate)[]
+        {
+            ("padded", m => Collator.CollatePreferences(m, pad, device)),
+            ("packed at the longest's width (before)", m => Collator.CollatePreferences(m, pad, device, int.MaxValue)),
+            ("packed (Collator.Layout)", m => Collator.CollatePreferences(m, pad, device, packed: true, config.HiddenSize)),
+            ("one row", m => Collator.CollatePreferences(m, pad, device, 1)),
+        };
+        double Step(TokenizedPair[] members, Tensor referenceLogps, int variant, out long peak)
         {
             using var scope = NewDisposeScope();
-            using var batch = Collator.CollatePreferences(members, config.PadTokenId!.Value, device, packed);
-            share = batch.PaddingShare;
-            real = batch.Lengths.Sum(l => (long)l);
+            using var batch = variants[variant].Collate(members);
+            // freed native memory back to the system first, so each step's peak is its own
+            if (OperatingSystem.IsLinux()) MallocTrim(0);
+            ProcessMemory.ResetPeak();
             TorchDevice.Synchronize(device);
             var watch = Stopwatch.StartNew();
             using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
@@ -122,46 +133,97 @@ internal static class PackingBench
             optimizer.Step();
             optimizer.ZeroGrad();
             TorchDevice.Synchronize(device);
-            return watch.Elapsed.TotalMilliseconds;
+            double ms = watch.Elapsed.TotalMilliseconds;
+            peak = ProcessMemory.PeakRss();
+            return ms;
         }
-        text.AppendLine($"| DPO step, {pairs} pairs, OPT-125M config{(quick ? " (quick: tiny)" : "")} | rows x width | padding share | median ms/step | real tok/s |");
-        text.AppendLine("| --- | --- | --- | --- | --- |");
-        double totalPadded = 0, totalPacked = 0;
+        bool rss = ProcessMemory.CanResetPeak && device.type == DeviceType.CPU;
+        text.AppendLine($"| DPO step, {pairs} pairs, OPT-125M config{(quick ? " (quick: tiny)" : "")} | rows x width | padding share | median ms/step | real tok/s |" +
+            (rss ? " peak RSS |" : ""));
+        text.AppendLine("| --- | --- | --- | --- | --- |" + (rss ? " --- |" : ""));
+        var totalMs = new double[variants.Length];
         long totalReal = 0;
         // one warm-up step each way
-        Step(micro[0], reference[0], false, out _, out _);
-        Step(micro[0], reference[0], true, out _, out _);
+        for (int v = 0; v < variants.Length; v++) Step(micro[0], reference[0], v, out _);
         for (int k = 0; k < batches; k++)
         {
-            var padded = new List<double>();
-            var packed = new List<double>();
-            double sharePadded = 0, sharePacked = 0;
-            long real = 0;
+            var times = variants.Select(_ => new List<double>()).ToArray();
+            var peaks = new long[variants.Length];
             for (int i = 0; i < iters; i++)
-            {
-                // alternated, so load drifts hit both sides alike
-                padded.Add(Step(micro[k], reference[k], false, out sharePadded, out real));
-                packed.Add(Step(micro[k], reference[k], true, out sharePacked, out _));
-            }
-            double mp = Median(padded), mk = Median(packed);
-            totalPadded += mp;
-            totalPacked += mk;
+                for (int v = 0; v < variants.Length; v++)
+                {
+                    // alternated, so load drifts hit every layout alike
+                    times[v].Add(Step(micro[k], reference[k], v, out long peak));
+                    peaks[v] = Math.Max(peaks[v], peak);
+                }
+            long real = micro[k].Sum(p => (long)p.ChosenLength + p.RejectedLength);
             totalReal += real;
-            using var a = Collator.CollatePreferences(micro[k], config.PadTokenId!.Value, null);
-            using var b = Collator.CollatePreferences(micro[k], config.PadTokenId!.Value, null, packed: true);
-            foreach (var (name, ms, share, shape) in new[] { ("padded", mp, sharePadded, $"{a.RowCount} x {a.SequenceLength}"), ("packed", mk, sharePacked, $"{b.RowCount} x {b.SequenceLength}") })
+            for (int v = 0; v < variants.Length; v++)
             {
-                string row = string.Create(CultureInfo.InvariantCulture, $"| batch {k + 1} {name} | {shape} | {share:P1} | {ms:F0} | {real / ms * 1000:F0} |");
+                double ms = Median(times[v]);
+                totalMs[v] += ms;
+                using var b = variants[v].Collate(micro[k]);
+                string row = string.Create(CultureInfo.InvariantCulture,
+                    $"| batch {k + 1} {variants[v].Name} | {b.RowCount} x {b.SequenceLength} | {b.PaddingShare:P1} | {ms:F0} | {real / ms * 1000:F0} |")
+                    + (rss ? string.Create(CultureInfo.InvariantCulture, $" {peaks[v] / (1024.0 * 1024):F0} MiB |") : "");
                 text.AppendLine(row);
                 log(row);
             }
         }
-        text.AppendLine(string.Create(CultureInfo.InvariantCulture,
-            $"| all {batches} batches | | | padded {totalPadded:F0}, packed {totalPacked:F0} | padded {totalReal / totalPadded * 1000:F0}, packed {totalReal / totalPacked * 1000:F0} ({totalPadded / totalPacked:F2}x) |"));
+        for (int v = 0; v < variants.Length; v++)
+            text.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"| all {batches} batches {variants[v].Name} | | | {totalMs[v]:F0} | {totalReal / totalMs[v] * 1000:F0} ({totalMs[0] / totalMs[v]:F2}x padded) |") + (rss ? " |" : ""));
         text.AppendLine();
-        text.AppendLine($"Timing: one warm-up step each way, then per batch {iters} steps each way alternated, medians; real tok/s counts only real tokens.");
+        text.AppendLine($"Timing: one warm-up step each way, then per batch {iters} steps each way alternated, medians; real tok/s counts only real tokens" +
+            (rss ? "; peak RSS: the process's VmHWM over the step (reset, after malloc_trim, once the batch is collated), the largest of its steps." : "."));
+        text.AppendLine();
+
+        // a labelling forward (no gradients, as WeakLabeler and the reference pass run) on one batch of the windows
+        var labelBatch = passes[0].Plan[Math.Min(1, passes[0].Plan.Count - 1)].Select(i => set[i]).ToArray();
+        long labelReal = labelBatch.Sum(p => (long)p.ChosenLength + p.RejectedLength);
+        policy.eval();
+        double Forward(int variant, out long peak)
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            using var batch = variants[variant].Collate(labelBatch);
+            if (OperatingSystem.IsLinux()) MallocTrim(0);
+            ProcessMemory.ResetPeak();
+            TorchDevice.Synchronize(device);
+            var watch = Stopwatch.StartNew();
+            using (ResponseLogProbs.Compute(policy, batch)) TorchDevice.Synchronize(device);
+            double ms = watch.Elapsed.TotalMilliseconds;
+            peak = ProcessMemory.PeakRss();
+            return ms;
+        }
+        text.AppendLine($"| labelling forward, {labelBatch.Length} pairs ({labelReal} real tokens) | rows x width | padding share | median ms | real tok/s |" +
+            (rss ? " peak RSS |" : ""));
+        text.AppendLine("| --- | --- | --- | --- | --- |" + (rss ? " --- |" : ""));
+        var forwardTimes = variants.Select(_ => new List<double>()).ToArray();
+        var forwardPeaks = new long[variants.Length];
+        for (int i = 0; i < iters; i++)
+            for (int v = 0; v < variants.Length; v++)
+            {
+                forwardTimes[v].Add(Forward(v, out long peak));
+                forwardPeaks[v] = Math.Max(forwardPeaks[v], peak);
+            }
+        for (int v = 0; v < variants.Length; v++)
+        {
+            double ms = Median(forwardTimes[v]);
+            using var b = variants[v].Collate(labelBatch);
+            string row = string.Create(CultureInfo.InvariantCulture,
+                $"| {variants[v].Name} | {b.RowCount} x {b.SequenceLength} | {b.PaddingShare:P1} | {ms:F0} | {labelReal / ms * 1000:F0} |")
+                + (rss ? string.Create(CultureInfo.InvariantCulture, $" {forwardPeaks[v] / (1024.0 * 1024):F0} MiB |") : "");
+            text.AppendLine(row);
+            log(row);
+        }
+        text.AppendLine();
+        text.AppendLine($"Forward: {iters} passes each way alternated (after the steps' warm-up), medians.");
         return text.ToString();
     }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
+    private static extern int MallocTrim(nuint pad);
 
     private static double Median(List<double> values)
     {

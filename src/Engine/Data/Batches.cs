@@ -84,13 +84,123 @@ public sealed class PreferenceBatch : SequenceBatch
 
 /// <summary>
 /// Collates tokenised rows into right-padded batches, or with <c>packed</c> into padding-free ones: the sequences go
-/// first-fit-decreasing into rows as wide as the longest of them, so padding is only what the rows' ends leave. Each
-/// field is one tensor whose values are written straight into its own CPU storage (no intermediate per-token
-/// allocation), then moved to <c>device</c> when one is given.
+/// first-fit-decreasing into the rows of least work for a model of <c>hiddenSize</c> (<see cref="Layout"/>), which leave
+/// almost no padding. Each field is one tensor whose values are written straight into its own CPU storage (no
+/// intermediate per-token allocation), then moved to <c>device</c> when one is given.
 /// </summary>
 public static class Collator
 {
-    public static PreferenceBatch CollatePreferences(IReadOnlyList<TokenizedPair> pairs, int padTokenId, Device? device = null, bool packed = false)
+    public static PreferenceBatch CollatePreferences(IReadOnlyList<TokenizedPair> pairs, int padTokenId, Device? device = null, bool packed = false,
+        int hiddenSize = 0)
+    {
+        return new PreferenceBatch(Fill(PairRows(pairs), padTokenId, device, packed, hiddenSize), pairs.Count);
+    }
+
+    /// <summary>The pairs packed into at most <paramref name="rows"/> rows (<see cref="PackInto"/>), for benchmarks that
+    /// compare row counts with <see cref="Layout"/>'s choice.</summary>
+    internal static PreferenceBatch CollatePreferences(IReadOnlyList<TokenizedPair> pairs, int padTokenId, Device? device, int rows)
+    {
+        return new PreferenceBatch(Fill(PairRows(pairs), padTokenId, device, true, 0, rows), pairs.Count);
+    }
+
+    public static SftBatch CollateSft(IReadOnlyList<TokenizedSequence> sequences, int padTokenId, Device? device = null, bool packed = false,
+        int hiddenSize = 0)
+    {
+        return new SftBatch(Fill(Rows(sequences), padTokenId, device, packed, hiddenSize));
+    }
+
+    public static SequenceBatch CollateSequences(IReadOnlyList<TokenizedSequence> sequences, int padTokenId, Device? device = null, bool packed = false,
+        int hiddenSize = 0)
+    {
+        return new SequenceBatch(Fill(Rows(sequences), padTokenId, device, packed, hiddenSize));
+    }
+
+    /// <summary>
+    /// Where each sequence of <paramref name="lengths"/> goes. Padded: sequence i in row i. Packed: for each row count r
+    /// up to what rows as wide as the longest sequence need, the narrowest width that holds all sequences first-fit
+    /// decreasing in r rows (<see cref="PackInto"/>); of these the layout of least estimated work. Per token and layer a
+    /// row's attention costs 2 d x width multiply-adds on the mask path (scores and their product with the values, all
+    /// of the row) against 12 d^2 for the projections and the MLP (d = <paramref name="hiddenSize"/>, 0 for OPT-125M's
+    /// 768), so the work is cells x (6 d + width): fewer, wider rows leave less padding but attend over more. Rows of the
+    /// longest sequence's width alone leave about 10% padding at their ends on long-tailed lengths, all sequences in one
+    /// row none but attention over all of them; on CPU (benchmarks/ModelBench PackingBench) this choice pads 2-5% in
+    /// steps as fast as the former within noise, while one row was slower, twice as slow for 32 sequences.
+    /// </summary>
+    public static (SequenceSpan[] Spans, int[] RowLengths, int Width) Layout(IReadOnlyList<int> lengths, bool packed, int hiddenSize = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(hiddenSize);
+        int n = lengths.Count;
+        int longest = 0;
+        for (int i = 0; i < n; i++) longest = Math.Max(longest, lengths[i]);
+        if (!packed)
+        {
+            var spans = new SequenceSpan[n];
+            for (int i = 0; i < n; i++) spans[i] = new SequenceSpan(i, 0, lengths[i]);
+            return (spans, lengths.ToArray(), longest);
+        }
+        double attention = 6.0 * (hiddenSize > 0 ? hiddenSize : 768);
+        double Work(double rows, double width) => rows * width * (attention + width);
+        var best = PackInto(lengths, int.MaxValue);
+        long total = best.RowLengths.Sum(l => (long)l);
+        for (int rows = best.RowLengths.Length - 1; rows >= 1; rows--)
+        {
+            // even without padding this many rows (or fewer, wider) cost at least this: stop
+            if (Work(rows, (double)total / rows) >= Work(best.RowLengths.Length, best.Width)) break;
+            var candidate = PackInto(lengths, rows);
+            if (Work(candidate.RowLengths.Length, candidate.Width) < Work(best.RowLengths.Length, best.Width)) best = candidate;
+        }
+        return best;
+    }
+
+    /// <summary>
+    /// The packed layout in at most <paramref name="rows"/> rows (int.MaxValue: as many as rows of the longest
+    /// sequence's width need): the narrowest width (at least the longest sequence) at which first-fit decreasing
+    /// (longest first, ties by index, each into the first row it fits) places every sequence in that many rows. Within
+    /// a row the sequences keep that placing order, so segment ids grow left to right as <see cref="Models.Attention"/>
+    /// expects.
+    /// </summary>
+    internal static (SequenceSpan[] Spans, int[] RowLengths, int Width) PackInto(IReadOnlyList<int> lengths, int rows)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
+        int n = lengths.Count;
+        var order = Enumerable.Range(0, n).OrderByDescending(i => lengths[i]).ThenBy(i => i).ToArray();
+        long total = 0;
+        foreach (int length in lengths) total += length;
+        int longest = n == 0 ? 0 : lengths[order[0]];
+        var spans = new SequenceSpan[n];
+        var loads = new List<int>();
+        // first-fit decreasing at `width`; false if it needs more than `rows` rows
+        bool Fits(int width)
+        {
+            loads.Clear();
+            foreach (int i in order)
+            {
+                int row = 0;
+                while (row < loads.Count && loads[row] + lengths[i] > width) row++;
+                if (row == rows) return false;
+                if (row == loads.Count) loads.Add(0);
+                spans[i] = new SequenceSpan(row, loads[row], lengths[i]);
+                loads[row] += lengths[i];
+            }
+            return true;
+        }
+        if (Fits(longest)) return (spans, loads.ToArray(), longest);
+        // any first fit succeeds at ceil(total / rows) + longest (a sequence that fit no row would leave every row
+        // fuller than total / rows); between that and the lower bound, bisect (first fit is almost always monotone in
+        // the width, and the bisection only ever settles on a width that fits)
+        long perRow = (total + rows - 1) / rows;
+        int low = (int)Math.Max(longest, perRow), high = checked((int)(perRow + longest));
+        while (low < high)
+        {
+            int middle = low + (high - low) / 2;
+            if (Fits(middle)) high = middle;
+            else low = middle + 1;
+        }
+        Fits(high);
+        return (spans, loads.ToArray(), high);
+    }
+
+    private static (int[] Prompt, int[] Response)[] PairRows(IReadOnlyList<TokenizedPair> pairs)
     {
         ArgumentNullException.ThrowIfNull(pairs);
         if (pairs.Count == 0) throw new ArgumentException("cannot collate an empty batch", nameof(pairs));
@@ -101,46 +211,7 @@ public static class Collator
             rows[i] = (pairs[i].PromptIds, pairs[i].ChosenIds);
             rows[b + i] = (pairs[i].PromptIds, pairs[i].RejectedIds);
         }
-        return new PreferenceBatch(Fill(rows, padTokenId, device, packed), b);
-    }
-
-    public static SftBatch CollateSft(IReadOnlyList<TokenizedSequence> sequences, int padTokenId, Device? device = null, bool packed = false)
-    {
-        return new SftBatch(Fill(Rows(sequences), padTokenId, device, packed));
-    }
-
-    public static SequenceBatch CollateSequences(IReadOnlyList<TokenizedSequence> sequences, int padTokenId, Device? device = null, bool packed = false)
-    {
-        return new SequenceBatch(Fill(Rows(sequences), padTokenId, device, packed));
-    }
-
-    /// <summary>
-    /// Where each sequence of <paramref name="lengths"/> goes. Padded: sequence i in row i. Packed: first-fit decreasing
-    /// (longest first, ties by index) into rows of the longest length; within a row the sequences keep that placing
-    /// order, so segment ids grow left to right as <see cref="Models.Attention"/> expects.
-    /// </summary>
-    public static (SequenceSpan[] Spans, int[] RowLengths, int Width) Layout(IReadOnlyList<int> lengths, bool packed)
-    {
-        int n = lengths.Count;
-        var spans = new SequenceSpan[n];
-        int width = 0;
-        for (int i = 0; i < n; i++) width = Math.Max(width, lengths[i]);
-        if (!packed)
-        {
-            for (int i = 0; i < n; i++) spans[i] = new SequenceSpan(i, 0, lengths[i]);
-            return (spans, lengths.ToArray(), width);
-        }
-        var order = Enumerable.Range(0, n).OrderByDescending(i => lengths[i]).ThenBy(i => i).ToArray();
-        var rowLengths = new List<int>();
-        foreach (int i in order)
-        {
-            int row = 0;
-            while (row < rowLengths.Count && rowLengths[row] + lengths[i] > width) row++;
-            if (row == rowLengths.Count) rowLengths.Add(0);
-            spans[i] = new SequenceSpan(row, rowLengths[row], lengths[i]);
-            rowLengths[row] += lengths[i];
-        }
-        return (spans, rowLengths.ToArray(), width);
+        return rows;
     }
 
     private static (int[] Prompt, int[] Response)[] Rows(IReadOnlyList<TokenizedSequence> sequences)
@@ -152,7 +223,8 @@ public static class Collator
         return rows;
     }
 
-    private static BatchTensors Fill((int[] Prompt, int[] Response)[] rows, int padTokenId, Device? device, bool packed)
+    private static BatchTensors Fill((int[] Prompt, int[] Response)[] rows, int padTokenId, Device? device, bool packed, int hiddenSize,
+        int? packedRows = null)
     {
         var lengths = new int[rows.Length];
         for (int r = 0; r < rows.Length; r++)
@@ -160,7 +232,7 @@ public static class Collator
             lengths[r] = rows[r].Prompt.Length + rows[r].Response.Length;
             if (rows[r].Response.Length == 0) throw new ArgumentException($"row {r} has no response tokens");
         }
-        var (spans, rowLengths, width) = Layout(lengths, packed);
+        var (spans, rowLengths, width) = packedRows is int most ? PackInto(lengths, most) : Layout(lengths, packed, hiddenSize);
         var shape = new long[] { rowLengths.Length, width };
         var ids = empty(shape, ScalarType.Int64);
         var attention = zeros(shape, ScalarType.Int64);

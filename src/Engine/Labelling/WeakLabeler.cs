@@ -21,7 +21,7 @@ public sealed record LabelingOptions
     public int MaxPromptLength { get; init; } = WeakTeacher.Engine.Data.TokenizationOptions.DefaultMaxPromptLength;
     /// <summary>Scale of the confidence sigmoid(beta |margin|) (the teacher's DPO beta; 1 for a reward model).</summary>
     public double Beta { get; init; } = 0.1;
-    /// <summary>Each batch's sequences packed into rows as wide as its longest (as padding_free training), so the
+    /// <summary>Each batch's sequences packed into rows (<see cref="Data.Collator.Layout"/>, as padding_free training), so the
     /// forwards spend almost nothing on padding, the chosen/rejected length difference inside a pair included; the
     /// rewards equal the padded batch's within float rounding. On by default: labelling's order never matters.</summary>
     public bool PaddingFree { get; init; } = true;
@@ -164,14 +164,14 @@ public sealed class WeakLabeler : IDisposable
             ImplicitRewardLabels labels;
             if (_rewardModel is not null)
             {
-                using var batch = Collator.CollatePreferences(tokenized, _tokenizer.PadTokenId, _rewardModel.Device, Options.PaddingFree);
+                using var batch = Collator.CollatePreferences(tokenized, _tokenizer.PadTokenId, _rewardModel.Device, Options.PaddingFree, _rewardModel.Config.HiddenSize);
                 var rewards = _rewardModel.Rewards(batch);
                 var zero = zeros_like(rewards.narrow(0, 0, b));
                 labels = PreferenceScoring.LabelPairs(rewards.narrow(0, 0, b), zero, rewards.narrow(0, b, b), zero, Options.Beta);
             }
             else
             {
-                using var batch = Collator.CollatePreferences(tokenized, _tokenizer.PadTokenId, _policy!.Device, Options.PaddingFree);
+                using var batch = Collator.CollatePreferences(tokenized, _tokenizer.PadTokenId, _policy!.Device, Options.PaddingFree, _policy.Config.HiddenSize);
                 var policy = ResponseLogProbs.Compute(_policy, batch);
                 var reference = ResponseLogProbs.Compute(_reference!, batch).to(policy.device);
                 labels = PreferenceScoring.LabelPairs(policy.narrow(0, 0, b), reference.narrow(0, 0, b), policy.narrow(0, b, b), reference.narrow(0, b, b), Options.Beta);
@@ -204,12 +204,12 @@ public sealed class WeakLabeler : IDisposable
             Tensor rewards;
             if (_rewardModel is not null)
             {
-                using var batch = Collator.CollateSequences(tokenized, _tokenizer.PadTokenId, _rewardModel.Device, Options.PaddingFree);
+                using var batch = Collator.CollateSequences(tokenized, _tokenizer.PadTokenId, _rewardModel.Device, Options.PaddingFree, _rewardModel.Config.HiddenSize);
                 rewards = _rewardModel.Rewards(batch);
             }
             else
             {
-                using var batch = Collator.CollateSequences(tokenized, _tokenizer.PadTokenId, _policy!.Device, Options.PaddingFree);
+                using var batch = Collator.CollateSequences(tokenized, _tokenizer.PadTokenId, _policy!.Device, Options.PaddingFree, _policy.Config.HiddenSize);
                 var policy = ResponseLogProbs.Compute(_policy, batch);
                 var reference = ResponseLogProbs.Compute(_reference!, batch).to(policy.device);
                 rewards = policy - reference;

@@ -110,7 +110,7 @@ public sealed class DpoTrainer
                 int count = members.Length;
                 using var scope = NewDisposeScope();
                 using var batch = Collator.CollatePreferences(members.Select(i => pairs[i]).ToArray(), _tokenizer.PadTokenId, reference.Device,
-                    Config.PaddingFree);
+                    Config.PaddingFree, reference.Config.HiddenSize);
                 using var detail = ResponseLogProbs.ComputeDetailed(reference, batch);
                 var at = tensor(members.Select(i => (long)i).ToArray());
                 foreach (var (target, source) in new[] { (values.Logps, detail.SequenceLogps), (values.TokenCounts, detail.TokenCounts.to(ScalarType.Float32)),
@@ -133,7 +133,7 @@ public sealed class DpoTrainer
         public int ExampleCount => pairs.Length;
 
         public MicroBatch Prepare(IReadOnlyList<int> exampleIndices) =>
-            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer._policy.Device, trainer.Config.PaddingFree);
+            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer._policy, trainer.Config.PaddingFree);
 
         public void ForwardBackward(MicroBatch micro, double lossScale, MetricSums sums)
         {

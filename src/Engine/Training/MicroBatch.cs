@@ -15,12 +15,12 @@ internal sealed class MicroBatch(object payload, int[] exampleIndices, double no
     public long Tokens { get; } = tokens;
     public void Dispose() => (Payload as IDisposable)?.Dispose();
 
-    /// <summary>The pairs at <paramref name="exampleIndices"/> collated on <paramref name="device"/>; the loss is averaged
-    /// over pairs (DPO and reward training).</summary>
-    public static MicroBatch OfPairs(TokenizedPair[] pairs, IReadOnlyList<int> exampleIndices, int padTokenId, Device device, bool packed)
+    /// <summary>The pairs at <paramref name="exampleIndices"/> collated for <paramref name="model"/> (its device, and its
+    /// width for a packed layout); the loss is averaged over pairs (DPO and reward training).</summary>
+    public static MicroBatch OfPairs(TokenizedPair[] pairs, IReadOnlyList<int> exampleIndices, int padTokenId, Models.CausalLM model, bool packed)
     {
         var rows = exampleIndices.Select(i => pairs[i]).ToList();
-        var batch = Collator.CollatePreferences(rows, padTokenId, device, packed);
+        var batch = Collator.CollatePreferences(rows, padTokenId, model.Device, packed, model.Config.HiddenSize);
         return new MicroBatch(batch, exampleIndices.ToArray(), rows.Count, rows.Sum(r => (long)r.ChosenLength + r.RejectedLength));
     }
 }

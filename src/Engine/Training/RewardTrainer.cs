@@ -65,7 +65,7 @@ public sealed class RewardTrainer
         var pairs = TrainerOutputs.TokenizePairs(_tokenizer, Config, examples, out _);
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        using var batch = Collator.CollatePreferences(pairs, _tokenizer.PadTokenId, Model.Device, Config.PaddingFree);
+        using var batch = Collator.CollatePreferences(pairs, _tokenizer.PadTokenId, Model.Device, Config.PaddingFree, Model.Config.HiddenSize);
         var sums = new MetricSums();
         var lossSum = PairLosses(Model, batch, Config.UseMargin ? margins?.ToArray() : null, Config.CenterRewardsCoefficient, sums);
         return lossSum.item<float>() / pairs.Length;
@@ -100,7 +100,7 @@ public sealed class RewardTrainer
         public int ExampleCount => pairs.Length;
 
         public MicroBatch Prepare(IReadOnlyList<int> exampleIndices) =>
-            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer.Model.Device, trainer.Config.PaddingFree);
+            MicroBatch.OfPairs(pairs, exampleIndices, trainer._tokenizer.PadTokenId, trainer.Model.Backbone, trainer.Config.PaddingFree);
 
         public void ForwardBackward(MicroBatch micro, double lossScale, MetricSums sums)
         {

@@ -60,7 +60,7 @@ public sealed class SftTrainer
         var sequences = TrainerOutputs.TokenizeSequences(_tokenizer, Config, examples, out _);
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        using var batch = Collator.CollateSft(sequences, _tokenizer.PadTokenId, _model.Device, Config.PaddingFree);
+        using var batch = Collator.CollateSft(sequences, _tokenizer.PadTokenId, _model.Device, Config.PaddingFree, _model.Config.HiddenSize);
         var logps = ResponseLogProbs.Compute(_model, batch);
         double tokens = sequences.Sum(ScoredTokens);
         return -logps.sum().item<float>() / tokens;
@@ -77,7 +77,7 @@ public sealed class SftTrainer
         public MicroBatch Prepare(IReadOnlyList<int> exampleIndices)
         {
             var rows = exampleIndices.Select(i => sequences[i]).ToList();
-            var batch = Collator.CollateSft(rows, tokenizer.PadTokenId, model.Device, packed);
+            var batch = Collator.CollateSft(rows, tokenizer.PadTokenId, model.Device, packed, model.Config.HiddenSize);
             return new MicroBatch(batch, exampleIndices.ToArray(), rows.Sum(ScoredTokens), rows.Sum(r => (long)r.Length));
         }
 

@@ -50,8 +50,8 @@ public abstract record TrainingConfig
     /// <summary>"fp32" (default) or "bf16": bfloat16 forward/backward with float32 master weights, gradients, optimizer
     /// state and loss (<see cref="MixedPrecision"/>); DPO's reference then runs in bfloat16 too.</summary>
     public TrainingPrecision Precision { get; init; }
-    /// <summary>TRL's padding_free: each micro-batch's sequences are packed first-fit-decreasing into rows as wide as its
-    /// longest sequence, attention confined to each sequence and positions restarting per sequence, so (almost) no
+    /// <summary>TRL's padding_free: each micro-batch's sequences are packed first-fit-decreasing into the rows of least
+    /// work for the model's width (<see cref="Data.Collator.Layout"/>), attention confined to each sequence and positions restarting per sequence, so (almost) no
     /// compute goes to padding; the results equal the padded path's within float rounding. The DPO reference pass then
     /// packs too.</summary>
     public bool PaddingFree { get; init; }
