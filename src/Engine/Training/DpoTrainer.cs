@@ -91,10 +91,11 @@ public sealed class DpoTrainer
     private ReferenceLogps ReferenceLogProbs(TokenizedPair[] pairs, string dataHash, string cacheDir, out bool fromCache)
     {
         // the reference runs in the training precision; a float32 key is what it was before the setting existed
-        // the batching is in the key: batches of other composition give other float rounding
+        // the batching is in the key: batches of other composition give other float rounding (packed: the rows of
+        // least work, Collator.Layout; values packed into rows of the longest's width are not reused)
         string settingsText = TrainerOutputs.SettingsText(Config)
             + (Config.Precision == TrainingPrecision.Fp32 ? "" : ";precision=" + Config.Precision.Name())
-            + ";batches=by_length" + (Config.PaddingFree ? ";padding_free" : "");
+            + ";batches=by_length" + (Config.PaddingFree ? ";padding_free=least_work" : "");
         var key = ReferenceLogProbCache.Key(Reference.Identity, dataHash, settingsText);
         int batchSize = Config.EvalBatchSize > 0 ? Config.EvalBatchSize : Config.BatchSize;
         return ReferenceLogProbCache.GetOrCompute(cacheDir, key, pairs.Length, () =>
