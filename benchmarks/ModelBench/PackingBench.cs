@@ -160,7 +160,7 @@ internal static class PackingBench
             totalReal += real;
             for (int v = 0; v < variants.Length; v++)
             {
-                double ms = Median(times[v]);
+                double ms = Report.Median(times[v]);
                 totalMs[v] += ms;
                 using var b = variants[v].Collate(micro[k]);
                 string row = string.Create(CultureInfo.InvariantCulture,
@@ -209,7 +209,7 @@ internal static class PackingBench
             }
         for (int v = 0; v < variants.Length; v++)
         {
-            double ms = Median(forwardTimes[v]);
+            double ms = Report.Median(forwardTimes[v]);
             using var b = variants[v].Collate(labelBatch);
             string row = string.Create(CultureInfo.InvariantCulture,
                 $"| {variants[v].Name} | {b.RowCount} x {b.SequenceLength} | {b.PaddingShare:P1} | {ms:F0} | {labelReal / ms * 1000:F0} |")
@@ -218,16 +218,10 @@ internal static class PackingBench
             log(row);
         }
         text.AppendLine();
-        text.AppendLine($"Forward: {iters} passes each way alternated (after the steps' warm-up), medians.");
+        text.AppendLine($"Forward: {iters} passes each way alternated (after the steps' warm-up), medians. Load average at the end (1/5/15 min): {Report.LoadAverage()}.");
         return text.ToString();
     }
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
     private static extern int MallocTrim(nuint pad);
-
-    private static double Median(List<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
-    }
 }
