@@ -30,8 +30,8 @@ apt_install_missing() {
 
 bench_deps() {
   # the benchmark of record's PyTorch side (benchmarks/torch_baseline.py): Debian's python3-torch uses the system BLAS,
-  # the netlib reference BLAS as installed (36x slower); libopenblas0-openmp becomes libblas.so.3. WT_HOST_BLAS=openblas
-  # needs it too.
+  # the netlib reference BLAS as installed (36x slower); libopenblas0-openmp becomes libblas.so.3. The engine's decode head
+  # uses it too where it is installed.
   apt_install_missing python3-torch python3-numpy libopenblas0-openmp
 }
 

@@ -6,7 +6,7 @@
 //   dotnet ModelBench.dll [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path]
 //                         [--threads N] [--torch-lib DIR] [--suite model|dpo|dpo-memory|matmul|generate|generate-profile|packing] [--models opt-125m,opt-1.3b]
 //                         [--pairs N --length T --iters N]   (dpo: the shape, the CPU's is 4 x 128; 1 warm-up + N timed)
-//   --suite matmul: the matmul rate (training-sized, decode head layouts, OpenBLAS where WT_HOST_BLAS=openblas) and the BLAS mapped
+//   --suite matmul: the matmul rate (training-sized, decode head layouts, OpenBLAS where installed) and the BLAS mapped
 //   --suite generate: greedy KV-cache generation 8 x (32 + 64) (--pairs rows, --length new tokens, --iters rounds), OPT-125M
 //                     config; with OpenBLAS installed the head through torch and through OpenBLAS alternate
 //   --suite generate-profile: the same decode steps' time per part (head, layers' parts, cache writes, host work; GenerateProfile.cs)

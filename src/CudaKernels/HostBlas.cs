@@ -8,11 +8,12 @@ namespace WeakTeacher.CudaKernels;
 /// <summary>
 /// The decode step's output head on the CPU through the system's OpenBLAS (Debian's libopenblas0-openmp or
 /// libopenblas0-pthread, BSD-3-Clause, loaded at run time, not shipped) instead of the oneMKL inside TorchSharp's
-/// libtorch: on AMD CPUs oneMKL takes a generic path for skinny products such as 8 x 768 x 50272 (about half
-/// OpenBLAS's rate at 2 threads on an AMD EPYC in ModelBench --suite matmul; the whole decode step's gain was not
-/// settled on the loaded measurement machine, so it is opt-in). With WT_HOST_BLAS=openblas set and OpenBLAS found, plain
-/// float32 CPU matrices without a gradient go through cblas_sgemm; otherwise <see cref="Linear"/> is
-/// nn.functional.linear. The result is the same product up to float32 rounding of the sums' order.
+/// libtorch: on AMD CPUs oneMKL takes a generic path for skinny products such as 8 x 768 x 50272 (ModelBench
+/// --suite generate-profile on an AMD EPYC at 1 thread: 51.6 against 58.6 ms a decode step, the same state in turns).
+/// On by default where OpenBLAS is found; WT_HOST_BLAS=torch keeps every product in libtorch. Plain float32 CPU
+/// matrices without a gradient go through cblas_sgemm; otherwise <see cref="Linear"/> is nn.functional.linear. The
+/// result is the same product up to float32 rounding of the sums' order (greedy generations are the same tokens unless
+/// two logits tie within that rounding).
 /// </summary>
 public static class HostBlas
 {
@@ -27,14 +28,22 @@ public static class HostBlas
 
     private static readonly Lazy<(SgemmFn? Sgemm, SetThreadsFn? SetThreads, string Description)> Library = new(Load);
 
-    /// <summary>WT_HOST_BLAS=openblas turns it on (tests set it directly); off, every product goes to torch.</summary>
-    internal static bool Enabled { get; set; } = Environment.GetEnvironmentVariable("WT_HOST_BLAS") is "openblas";
+    /// <summary>On unless WT_HOST_BLAS=torch (tests set it directly); off, every product goes to torch.</summary>
+    internal static bool Enabled { get; set; } = EnabledBy(Environment.GetEnvironmentVariable("WT_HOST_BLAS"));
+
+    /// <summary>Whether the WT_HOST_BLAS value <paramref name="setting"/> lets OpenBLAS serve (unset or openblas: yes; torch: no).</summary>
+    internal static bool EnabledBy(string? setting) => setting switch
+    {
+        null or "" or "openblas" => true,
+        "torch" => false,
+        _ => throw new ArgumentException($"WT_HOST_BLAS='{setting}' is neither openblas nor torch."),
+    };
 
     /// <summary>Whether OpenBLAS was found and will serve <see cref="Linear"/>.</summary>
     public static bool Available => Enabled && Library.Value.Sgemm is not null;
 
     /// <summary>The library serving <see cref="Linear"/> on the CPU (for benchmark reports).</summary>
-    public static string Description => Enabled ? Library.Value.Description : "torch (WT_HOST_BLAS=openblas not set)";
+    public static string Description => Enabled ? Library.Value.Description : "torch (WT_HOST_BLAS=torch)";
 
     private static (SgemmFn?, SetThreadsFn?, string) Load()
     {

@@ -39,6 +39,16 @@ public sealed class HostBlasTests
         Assert.True(HostBlas.Linear(column, w).allclose(nn.functional.linear(column, w), rtol: 1e-5, atol: 1e-4));
     }
 
+    [Theory]
+    [InlineData(null, true)]
+    [InlineData("", true)]
+    [InlineData("openblas", true)]
+    [InlineData("torch", false)]
+    public void OnUnlessWtHostBlasIsTorch(string? setting, bool enabled) => Assert.Equal(enabled, HostBlas.EnabledBy(setting));
+
+    [Fact]
+    public void AnUnknownWtHostBlasIsRejected() => Assert.Throws<ArgumentException>(() => HostBlas.EnabledBy("mkl"));
+
     [Fact]
     public void OtherInputsGoToTorch()
     {

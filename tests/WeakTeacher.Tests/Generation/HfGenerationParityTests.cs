@@ -39,6 +39,37 @@ public class HfGenerationParityTests
         foreach (var t in expected.Values) t.Dispose();
     }
 
+    /// <summary>The output head through the system OpenBLAS (the default where it is installed) and through libtorch
+    /// (WT_HOST_BLAS=torch) give transformers' tokens alike.</summary>
+    [Theory]
+    [MemberData(nameof(FixtureNames))]
+    public void GreedyGenerationIsTheSameWithEitherHeadBlas(string name)
+    {
+        using var model = Fixtures.Load(name);
+        var expected = Fixtures.Expected(name);
+        var ids = expected["gen_input_ids"].to(Fixtures.Device);
+        var mask = expected["gen_attention_mask"].to(Fixtures.Device);
+        var options = new GenerationOptions { MaxNewTokens = 6, MinNewTokens = 6, PadTokenId = model.Config.PadTokenId ?? 0 };
+        bool enabled = WeakTeacher.CudaKernels.HostBlas.Enabled;
+        try
+        {
+            foreach (bool openBlas in new[] { true, false })
+            {
+                WeakTeacher.CudaKernels.HostBlas.Enabled = openBlas;
+                // an installed OpenBLAS must serve the CPU head: otherwise this compares libtorch with itself
+                if (openBlas && Fixtures.Device.type == DeviceType.CPU && OperatingSystem.IsLinux()
+                    && File.Exists("/usr/lib/x86_64-linux-gnu/libopenblas.so.0"))
+                    Assert.True(WeakTeacher.CudaKernels.HostBlas.Available, WeakTeacher.CudaKernels.HostBlas.Description);
+                using var result = Generator.Generate(model, ids, mask, options);
+                Assert.Equal(Flat(expected["gen_output"]), Flat(result.Sequences));
+            }
+        }
+        finally { WeakTeacher.CudaKernels.HostBlas.Enabled = enabled; }
+        foreach (var t in expected.Values) t.Dispose();
+        ids.Dispose();
+        mask.Dispose();
+    }
+
     [Theory]
     [MemberData(nameof(FixtureNames))]
     public void CachedGenerationEqualsRecomputingEveryStep(string name)
