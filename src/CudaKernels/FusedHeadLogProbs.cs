@@ -70,8 +70,12 @@ public static class FusedHeadLogProbs
         if (checkIndices) InputChecks.IndexRanges(op, labels, seqIndex, weight.shape[0], numSequences, ignoreIndex);
         bool cuda = KernelSettings.UseCuda(hidden, op, floatKernel: true, nameof(hidden));
         int rows = chunkRows > 0 ? (int)Math.Min(chunkRows, Math.Max(hidden.shape[0], 1)) : AutoChunkRows(hidden.shape[0], weight.shape[0]);
-        var outputs = FusedHeadLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), labels.contiguous(), seqIndex.contiguous(),
-            numSequences, ignoreIndex, rows, cuda, hidden.requires_grad, weight.requires_grad);
+        // a trained head's dW is as large as the embedding: its wrapper is released right after the head's backward
+        var returned = hidden.requires_grad && weight.requires_grad && is_grad_enabled() ? new ReturnedGradients() : null;
+        var input = hidden.contiguous();
+        if (returned is not null) input = GradientReleaseFunction.apply(input, returned);
+        var outputs = FusedHeadLogProbsFunction.apply(input, weight.contiguous(), labels.contiguous(), seqIndex.contiguous(),
+            numSequences, ignoreIndex, rows, cuda, hidden.requires_grad, weight.requires_grad, returned!);
         return (outputs[0], outputs[1]);
     }
 }
@@ -144,6 +148,7 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         ctx.save_data("needHidden", needHidden);
         ctx.save_data("needWeight", needWeight);
         ctx.save_data("numSequences", numSequences);
+        ctx.save_data("returned", vars[10]);
         ctx.set_materialize_grads(false);   // see AutogradGrads
         return [token, sequence];
     }
@@ -169,8 +174,12 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         saved.set_(empty);
     }
 
-    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads) =>
-        AutogradGrads.Backward(ctx, grads, saved => Backward(ctx, saved, grads));
+    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads)
+    {
+        var result = AutogradGrads.Backward(ctx, grads, saved => Backward(ctx, saved, grads));
+        (ctx.get_data("returned") as ReturnedGradients)?.Set(result);
+        return result;
+    }
 
     private static List<Tensor> Backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> saved, List<Tensor> grads)
     {
@@ -180,7 +189,7 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         bool needHidden = (bool)ctx.get_data("needHidden");
         bool needWeight = (bool)ctx.get_data("needWeight");
         int numSequences = (int)ctx.get_data("numSequences");
-        if (!needHidden && !needWeight) return [null!, null!, null!, null!, null!, null!, null!, null!, null!, null!];
+        if (!needHidden && !needWeight) return [null!, null!, null!, null!, null!, null!, null!, null!, null!, null!, null!];
         if ((bool)ctx.get_data("frozenHead"))
         {
             Tensor headGrad = saved[0], frozenLabels = saved[1], frozenSeq = saved[2];
@@ -189,7 +198,7 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
                 AutogradGrads.OrZeros(grads[1], numSequences, headGrad.device), frozenLabels, frozenSeq, ignoreIndex);
             // float32: the saved product itself, scaled in place, is dH (nothing to free after)
             var dh = headGrad.to(ScalarType.Float32).mul_(g.unsqueeze(1)).to(headGrad.dtype).MoveToOuterDisposeScope();
-            return [dh, null!, null!, null!, null!, null!, null!, null!, null!, null!];
+            return [dh, null!, null!, null!, null!, null!, null!, null!, null!, null!, null!];
         }
         Tensor hidden = saved[0], weight = saved[1], labels = saved[2], seqIndex = saved[3], lse = saved[4];
         long n = hidden.shape[0], vocab = weight.shape[0];
@@ -263,7 +272,7 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
             }
         }
         if (dHidden32 is not null) dHidden = full ? dHidden32 : dHidden32.to(hidden.dtype);
-        return [dHidden!, dWeight!, null!, null!, null!, null!, null!, null!, null!, null!];
+        return [dHidden!, dWeight!, null!, null!, null!, null!, null!, null!, null!, null!, null!];
     }
 
     /// <summary>The backward from the kept [N, V] logits (CPU, float32/float64): each row block becomes dlogits in place,
@@ -293,6 +302,47 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
             dWeight = logits.t().mm(hidden).MoveToOuterDisposeScope();
         }
         Release(logits);
-        return [dHidden, dWeight, null!, null!, null!, null!, null!, null!, null!, null!];
+        return [dHidden, dWeight, null!, null!, null!, null!, null!, null!, null!, null!, null!];
+    }
+}
+
+/// <summary>The gradients one fused head's backward returned, for <see cref="GradientReleaseFunction"/> to dispose.</summary>
+internal sealed class ReturnedGradients
+{
+    private List<Tensor>? _tensors;
+
+    public void Set(List<Tensor> tensors) => _tensors = tensors;
+
+    public void Release()
+    {
+        foreach (var t in _tensors ?? []) t?.Dispose();
+        _tensors = null;
+    }
+}
+
+/// <summary>
+/// Identity on the fused head's hidden rows whose backward runs right after the head's (it takes the head's dH) and
+/// disposes the wrappers of the gradients the head's backward returned. TorchSharp hands libtorch their handles only
+/// after a backward has returned, so the head cannot dispose them itself; while a wrapper lives, autograd sees the
+/// gradient as shared: it copies an untied head's dW into .grad instead of taking it over, and adds a tied one to the
+/// embedding's gradient out of place at the end of the backward, where the step's memory peaks; on CUDA (libtorch's
+/// device thread, no dispose scope) the wrappers would wait for the collector.
+/// </summary>
+internal sealed class GradientReleaseFunction : TorchSharp.torch.autograd.SingleTensorFunction<GradientReleaseFunction>
+{
+    public override string Name => "WeakTeacher.GradientRelease";
+
+    public override Tensor forward(TorchSharp.torch.autograd.AutogradContext ctx, params object[] vars)
+    {
+        ctx.save_data("returned", vars[1]);
+        ctx.set_materialize_grads(false);   // see AutogradGrads
+        return ((Tensor)vars[0]).alias();
+    }
+
+    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, Tensor grad)
+    {
+        // the head's backward has returned and libtorch holds its own references to what it returned
+        ((ReturnedGradients)ctx.get_data("returned")).Release();
+        return [grad, null!];
     }
 }
