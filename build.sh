@@ -28,6 +28,12 @@ apt_install_missing() {
   "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+host_blas() {
+  # the decode head's products go to the system OpenBLAS where it is installed (HostBlas; WT_HOST_BLAS=torch turns it
+  # off): installed for the main job and the studies too, so a fresh machine prints the numbers of their records
+  [[ ${WT_HOST_BLAS:-} == torch ]] || apt_install_missing libopenblas0-openmp
+}
+
 bench_deps() {
   # the benchmark of record's PyTorch side (benchmarks/torch_baseline.py): Debian's python3-torch uses the system BLAS,
   # the netlib reference BLAS as installed (36x slower); libopenblas0-openmp becomes libblas.so.3. The engine's decode head
@@ -108,9 +114,11 @@ case "$cmd" in
     dotnet build WeakTeacher.Native.sln -c $config -nologo -v minimal
     dotnet test --solution WeakTeacher.Native.sln -c $config --no-build "$@" ;;
   demo)
+    host_blas
     dotnet build src/Cli/Cli.csproj -c $config -nologo -v quiet
     dotnet src/Cli/bin/$config/net10.0/wt.dll demo "$@" ;;
   experiments)
+    host_blas
     dotnet build src/Cli/Cli.csproj -c $config -nologo -v quiet
     dotnet src/Cli/bin/$config/net10.0/wt.dll experiments "$@" ;;
   bench)
