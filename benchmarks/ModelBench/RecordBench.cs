@@ -103,7 +103,7 @@ internal static class RecordBench
                     // the reference is the initial policy (TRL's copy); its log-probs over the same packed micro-batches
                     var reference = PretrainedModel.Load(spec.Policy, load);
                     reference.eval();
-                    var batches = spec.Batches.Select(b => Collator.CollatePreferences(b.Select(i => pairs[i]).ToArray(), spec.PadId, device, packed: true)).ToArray();
+                    var batches = spec.Batches.Select(b => Collator.CollatePreferences(b.Select(i => pairs[i]).ToArray(), spec.PadId, device, packed: true, hiddenSize: policy.Config.HiddenSize)).ToArray();
                     disposables.AddRange(batches);
                     var precomputed = new Tensor[batches.Length];
                     using (no_grad())
@@ -147,7 +147,7 @@ internal static class RecordBench
                     reference.eval();
                     // WeakLabeler.LabelAll's batches: sorted by the longer side within windows, each packed
                     var plan = LengthBatches.Plan(pairs.Select(p => p.LongerLength).ToArray(), spec.BatchSize, LengthBatches.Window(spec.BatchSize));
-                    var batches = plan.Select(b => Collator.CollatePreferences(b.Select(i => pairs[i]).ToArray(), spec.PadId, device, packed: true)).ToArray();
+                    var batches = plan.Select(b => Collator.CollatePreferences(b.Select(i => pairs[i]).ToArray(), spec.PadId, device, packed: true, hiddenSize: policy.Config.HiddenSize)).ToArray();
                     disposables.AddRange(batches);
                     real = batches.Sum(b => (long)b.Lengths.Sum());
                     cells = batches.Sum(b => (long)b.RowCount * b.SequenceLength);
