@@ -83,7 +83,7 @@ class OptModel(torch.nn.Module):
 def read_safetensors(path):
     """name -> tensor, from a .safetensors file (8-byte header length, JSON header, raw little-endian data)."""
     import numpy as np
-    dtypes = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BF16": None}
+    dtypes = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
@@ -270,8 +270,7 @@ def loaded_blas():
         if len(parts) >= 6:
             base = os.path.basename(parts[-1])
             if any(k in base.lower() for k in ("blas", "mkl", "lapack")) or base.startswith(("libgomp", "libiomp", "libtorch_cpu")):
-                real = os.path.realpath(parts[-1])
-                names.add(base if real.endswith(base) else f"{base} -> {os.path.relpath(real, '/usr/lib')}" if real.startswith("/usr/lib") else base)
+                names.add(base)
     return ", ".join(sorted(names)) or "none mapped"
 
 

@@ -235,9 +235,7 @@ internal static class DpoBench
     private static Tensor Loss(Tensor policyLogps, Tensor referenceLogps, int pairs, DpoConfig config)
     {
         var reference = referenceLogps.to(policyLogps.device);
-        var inputs = new PreferenceLossInputs(policyLogps.narrow(0, 0, pairs), policyLogps.narrow(0, pairs, pairs),
-            reference.narrow(0, 0, pairs), reference.narrow(0, pairs, pairs));
-        return PreferenceScoring.Loss(inputs, config.LossSettings).Loss;
+        return PreferenceScoring.Loss(PreferenceLossInputs.FromConcatenated(policyLogps, reference, pairs), config.LossSettings).Loss;
     }
 
     private static (double[] Times, StageMemory[] Memory) StageTimes(CausalLM policy, PreferenceBatch batch, Tensor precomputed, int pairs, DpoConfig config,

@@ -126,8 +126,7 @@ internal static class PackingBench
             using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
             int n = members.Length;
             var r = referenceLogps.to(device);
-            var loss = PreferenceScoring.Loss(new PreferenceLossInputs(logps.SequenceLogps.narrow(0, 0, n), logps.SequenceLogps.narrow(0, n, n),
-                r.narrow(0, 0, n), r.narrow(0, n, n)), trainConfig.LossSettings).Loss;
+            var loss = PreferenceScoring.Loss(PreferenceLossInputs.FromConcatenated(logps.SequenceLogps, r, n), trainConfig.LossSettings).Loss;
             loss.backward();
             optimizer.ClipGradients(trainConfig.MaxGradNorm);
             optimizer.Step();

@@ -128,8 +128,7 @@ internal static class RecordBench
                         else referenceLogps = precomputed[k].to(device);
                         using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
                         int n = batch.PairCount;
-                        var loss = PreferenceScoring.Loss(new PreferenceLossInputs(logps.SequenceLogps.narrow(0, 0, n), logps.SequenceLogps.narrow(0, n, n),
-                            referenceLogps.narrow(0, 0, n), referenceLogps.narrow(0, n, n)), config.LossSettings).Loss;
+                        var loss = PreferenceScoring.Loss(PreferenceLossInputs.FromConcatenated(logps.SequenceLogps, referenceLogps, n), config.LossSettings).Loss;
                         loss.backward();
                         double norm = optimizer.ClipGradients(config.MaxGradNorm);
                         optimizer.Step();
@@ -235,7 +234,13 @@ internal static class RecordBench
 
     private sealed record Workload(string Name, string Lengths, Spec Spec, string Unit);
 
-    private sealed record Side(List<double> Times, List<double> Peaks, Result Last);
+    /// <summary>One side's results of a workload over the rounds.</summary>
+    private sealed record Side(List<Result> Runs)
+    {
+        public IEnumerable<double> Times => Runs.SelectMany(r => r.TimesMs);
+        public double Peak => Runs.Max(r => r.PeakRssMib);
+        public Result Last => Runs[^1];
+    }
 
     public static int Run(BenchSettings settings, Action<string> log)
     {
@@ -262,7 +267,7 @@ internal static class RecordBench
             using (var policy = CausalLMFactory.Create(config, CPU, ScalarType.Float32, seed: 1)) PretrainedModel.Save(policy, policyDir);
             using (var reference = CausalLMFactory.Create(config, CPU, ScalarType.Float32, seed: 2)) PretrainedModel.Save(reference, referenceDir);
             var (workloads, lengthNote) = Workloads(config, policyDir, referenceDir, threads, quick);
-            double matmulBefore = TrainingMatmulRate(quick);
+            double matmulBefore = MatmulRate.TrainingSized(quick ? 3 : 15);
             log(string.Create(CultureInfo.InvariantCulture, $"matmul rate before: {matmulBefore:F1} GFLOP/s ({get_num_threads()} threads)"));
 
             var results = workloads.ToDictionary(w => w.Name, _ => new Dictionary<string, Side>());
@@ -285,16 +290,14 @@ internal static class RecordBench
                         // a baseline on the netlib reference BLAS (Debian's default libblas.so.3) is no baseline
                         if (side == "pytorch" && !r.Blas.Contains("openblas", StringComparison.OrdinalIgnoreCase) && !r.Blas.Contains("mkl", StringComparison.OrdinalIgnoreCase))
                             throw new InvalidOperationException($"the PyTorch side ({python}) mapped no optimised BLAS ({r.Blas}): install libopenblas0-openmp (./build.sh bench does)");
-                        if (!results[w.Name].TryGetValue(side, out var s)) results[w.Name][side] = s = new Side([], [], r);
-                        s.Times.AddRange(r.TimesMs);
-                        s.Peaks.Add(r.PeakRssMib);
-                        results[w.Name][side] = s with { Last = r };
+                        if (!results[w.Name].TryGetValue(side, out var s)) results[w.Name][side] = s = new Side([]);
+                        s.Runs.Add(r);
                         log(string.Create(CultureInfo.InvariantCulture,
                             $"round {round + 1}/{rounds} {w.Name,-18} {side,-7} passes {string.Join(", ", r.TimesMs.Select(t => t.ToString("F0", CultureInfo.InvariantCulture)))} ms, " +
                             $"peak RSS {r.PeakRssMib:F0} MiB, process {watch.Elapsed.TotalSeconds:F0} s, load {Report.LoadAverage()}"));
                     }
                 }
-            double matmulAfter = TrainingMatmulRate(quick);
+            double matmulAfter = MatmulRate.TrainingSized(quick ? 3 : 15);
             log(string.Create(CultureInfo.InvariantCulture, $"matmul rate after: {matmulAfter:F1} GFLOP/s"));
             string report = Markdown(settings, config, workloads, results, lengthNote, threads, rounds, python, (matmulBefore + matmulAfter) / 2,
                 matmulBefore, matmulAfter, loadBefore, clock.Elapsed);
@@ -379,7 +382,7 @@ internal static class RecordBench
         m.AppendLine($"- Engine: {engine0.Runtime}; BLAS mapped: {engine0.Blas}{(mklInside ? " (no separate BLAS: the oneMKL linked into TorchSharp's libtorch_cpu)" : "")}");
         m.AppendLine($"- PyTorch: {torch0.Runtime} ({torch0.Model} model) via {python}; BLAS mapped: {torch0.Blas}");
         m.AppendLine(string.Create(CultureInfo.InvariantCulture,
-            $"- Each runtime alone (RSS at a worker's start, before any model; included in every peak below): engine {results.Values.SelectMany(v => new[] { v["engine"].Last.BaseRssMib }).Max():F0} MiB, PyTorch {results.Values.Select(v => v["pytorch"].Last.BaseRssMib).Max():F0} MiB"));
+            $"- Each runtime alone (RSS at a worker's start, before any model; included in every peak below): engine {results.Values.Max(v => v["engine"].Last.BaseRssMib):F0} MiB, PyTorch {results.Values.Max(v => v["pytorch"].Last.BaseRssMib):F0} MiB"));
         m.AppendLine(string.Create(CultureInfo.InvariantCulture,
             $"- Matmul rate in this run (float32 1024 x 768 x 3072 through the engine's libtorch, {threads} threads): {matmul:F1} GFLOP/s (before {matmulBefore:F1}, after {matmulAfter:F1})"));
         m.AppendLine($"- Model: OPT config, vocab {config.VocabSize}, hidden {config.HiddenSize}, {config.NumHiddenLayers} layers, {config.NumAttentionHeads} heads, " +
@@ -405,7 +408,7 @@ internal static class RecordBench
                 _ => e.Last.RealTokens,
             };
             double em = Report.Median(e.Times), tm = Report.Median(t.Times);
-            double ePeak = e.Peaks.Max(), tPeak = t.Peaks.Max();
+            double ePeak = e.Peak, tPeak = t.Peak;
             double ePad = 1 - (double)e.Last.RealTokens / e.Last.Cells, tPad = 1 - (double)t.Last.RealTokens / t.Last.Cells;
             ratios[w.Name] = (tm / em, ePeak / tPeak, ePad, em);
             m.AppendLine(string.Create(CultureInfo.InvariantCulture,
@@ -475,14 +478,6 @@ internal static class RecordBench
 
     private static string RepoRoot() => Report.RepositoryRoot()
         ?? throw new DirectoryNotFoundException("the repository (WeakTeacher.Native.sln) is not above the working directory or ModelBench.dll");
-
-    private static double TrainingMatmulRate(bool quick)
-    {
-        using var scope = NewDisposeScope();
-        var a = randn([1024, 768]);
-        var w = randn([3072, 768]);
-        return MatmulRate.Rate(() => nn.functional.linear(a, w), 1024, 768, 3072, quick ? 3 : 15);
-    }
 
     private static void Spawn(string file, IEnumerable<string> arguments, int threads)
     {

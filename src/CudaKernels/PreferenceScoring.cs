@@ -102,6 +102,10 @@ public sealed record PreferenceLossSettings
 /// <param name="PairWeights">[B] WPO weights w_chosen * w_rejected (no gradient flows through them).</param>
 public sealed record PreferenceLossInputs(Tensor PolicyChosen, Tensor PolicyRejected, Tensor ReferenceChosen, Tensor ReferenceRejected)
 {
+    /// <summary>From [2B] log-probs laid out as a collated preference batch's sequences: the B chosen, then the B rejected.</summary>
+    public static PreferenceLossInputs FromConcatenated(Tensor policy, Tensor reference, int pairs)
+        => new(policy.narrow(0, 0, pairs), policy.narrow(0, pairs, pairs), reference.narrow(0, 0, pairs), reference.narrow(0, pairs, pairs));
+
     public Tensor? ChosenTokens { get; init; }
     public Tensor? RejectedTokens { get; init; }
     public Tensor? ChosenNll { get; init; }

@@ -238,8 +238,7 @@ public class PackedTrainingTests
             using var batch = Collator.CollatePreferences(pairs, Tok.PadTokenId, CPU, packed);
             using var detail = ResponseLogProbs.ComputeDetailed(model, batch);
             int n = pairs.Length;
-            var output = PreferenceScoring.Loss(new PreferenceLossInputs(detail.SequenceLogps.narrow(0, 0, n), detail.SequenceLogps.narrow(0, n, n),
-                reference.narrow(0, 0, n), reference.narrow(0, n, n)), new PreferenceLossSettings { Beta = 0.1 });
+            var output = PreferenceScoring.Loss(PreferenceLossInputs.FromConcatenated(detail.SequenceLogps, reference, n), new PreferenceLossSettings { Beta = 0.1 });
             output.Loss.backward();
             return (output.Loss.item<float>(), model.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad!.clone()));
         }

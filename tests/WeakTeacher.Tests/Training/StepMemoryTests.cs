@@ -34,9 +34,7 @@ public class StepMemoryTests
         int b = batch.PairCount;
         using var scope = NewDisposeScope();
         using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
-        var inputs = new PreferenceLossInputs(logps.SequenceLogps.narrow(0, 0, b), logps.SequenceLogps.narrow(0, b, b),
-            referenceLogps.narrow(0, 0, b), referenceLogps.narrow(0, b, b));
-        var loss = PreferenceScoring.Loss(inputs, config.LossSettings).Loss;
+        var loss = PreferenceScoring.Loss(PreferenceLossInputs.FromConcatenated(logps.SequenceLogps, referenceLogps, b), config.LossSettings).Loss;
         // with the per-token output in the loss (as WPO's and TRL's sft terms read tokens), both outputs get a gradient
         if (tokenTerm) loss = loss + logps.TokenLogps.sum() * 1e-3;
         loss.backward();
@@ -93,8 +91,7 @@ public class StepMemoryTests
         using (no_grad()) reference = ResponseLogProbs.Compute(policy, batch).detach();
         int b = batch.PairCount;
         using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
-        var loss = PreferenceScoring.Loss(new PreferenceLossInputs(logps.SequenceLogps.narrow(0, 0, b), logps.SequenceLogps.narrow(0, b, b),
-            reference.narrow(0, 0, b), reference.narrow(0, b, b)), config.LossSettings).Loss;
+        var loss = PreferenceScoring.Loss(PreferenceLossInputs.FromConcatenated(logps.SequenceLogps, reference, b), config.LossSettings).Loss;
         long left = -1;
         Exception? failure = null;
         var thread = new Thread(() =>
@@ -149,8 +146,7 @@ public class StepMemoryTests
         using var scope = NewDisposeScope();
         int b = batch.PairCount;
         var logps = ResponseLogProbs.Compute(policy, batch);
-        PreferenceScoring.Loss(new PreferenceLossInputs(logps.narrow(0, 0, b), logps.narrow(0, b, b), reference.narrow(0, 0, b), reference.narrow(0, b, b)),
-            config.LossSettings).Loss.backward();
+        PreferenceScoring.Loss(PreferenceLossInputs.FromConcatenated(logps, reference, b), config.LossSettings).Loss.backward();
         Assert.All(optimizer.Parameters, p => { using var g = p.Parameter.grad; Assert.NotNull(g); });
         optimizer.ZeroGrad();
         Assert.True(AllReleased());
