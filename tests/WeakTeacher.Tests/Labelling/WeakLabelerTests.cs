@@ -39,9 +39,9 @@ public class WeakLabelerTests
         {
             double ra = LogProb(policy, pairs[i].Prompt, pairs[i].ResponseA) - LogProb(reference, pairs[i].Prompt, pairs[i].ResponseA);
             double rb = LogProb(policy, pairs[i].Prompt, pairs[i].ResponseB) - LogProb(reference, pairs[i].Prompt, pairs[i].ResponseB);
-            Assert.Equal(ra, labels[i].RewardA, 4);
-            Assert.Equal(rb, labels[i].RewardB, 4);
-            Assert.Equal(ra - rb, labels[i].Margin, 4);
+            Assert.Equal(ra, labels[i].RewardA, tolerance: 1e-4);
+            Assert.Equal(rb, labels[i].RewardB, tolerance: 1e-4);
+            Assert.Equal(ra - rb, labels[i].Margin, tolerance: 1e-4);
             Assert.Equal(ra >= rb ? 0 : 1, labels[i].Label);
             Assert.Equal(1 / (1 + Math.Exp(-0.1 * Math.Abs(ra - rb))), labels[i].Confidence, 5);
         }
@@ -49,7 +49,7 @@ public class WeakLabelerTests
         var third = labeler.LabelAll(pairs, batchSize: 2, cancellationToken: TestContext.Current.CancellationToken);
         Assert.Equal(again.Labels, third.Labels); // bit-identical run to run
         Assert.Equal(labels.Select(l => l.Label), again.Labels.Select(l => l.Label));
-        for (int i = 0; i < pairs.Count; i++) Assert.Equal(labels[i].Margin, again.Labels[i].Margin, 4);
+        for (int i = 0; i < pairs.Count; i++) Assert.Equal(labels[i].Margin, again.Labels[i].Margin, tolerance: 1e-4);
     }
 
     [Fact]
@@ -97,8 +97,8 @@ public class WeakLabelerTests
         var scores = model.Score(pairs.SelectMany(p => new[] { (p.Prompt, p.ResponseA), (p.Prompt, p.ResponseB) }).ToList(), Tok);
         for (int i = 0; i < pairs.Count; i++)
         {
-            Assert.Equal(scores[2 * i], labels[i].RewardA, 4);
-            Assert.Equal(scores[2 * i + 1], labels[i].RewardB, 4);
+            Assert.Equal(scores[2 * i], labels[i].RewardA, tolerance: 1e-4);
+            Assert.Equal(scores[2 * i + 1], labels[i].RewardB, tolerance: 1e-4);
             Assert.Equal(scores[2 * i] >= scores[2 * i + 1] ? 0 : 1, labels[i].Label);
         }
     }
