@@ -46,16 +46,17 @@ if (options.Cuda)
     }
 }
 
+if (options.Skinny) return SkinnyBench.Run(options.Quick);
 if (options.Probe is not null) return MemoryProbe.Run(options);
 return Bench.Run(options);
 
 namespace WeakTeacher.Benchmarks
 {
-    internal sealed record BenchOptions(bool Cuda, bool Quick, string? Out, string? Probe, int ProbeHidden)
+    internal sealed record BenchOptions(bool Cuda, bool Quick, string? Out, string? Probe, int ProbeHidden, bool Skinny = false)
     {
         internal static BenchOptions? Parse(string[] args)
         {
-            bool cudaDevice = false, quick = false;
+            bool cudaDevice = false, quick = false, skinny = false;
             string? output = null, probe = null;
             int probeHidden = 768;
             for (int i = 0; i < args.Length; i++)
@@ -69,18 +70,19 @@ namespace WeakTeacher.Benchmarks
                         cudaDevice = d == "cuda";
                         break;
                     case "--quick": quick = true; break;
+                    case "--skinny": skinny = true; break;   // the CPU few-row products (SkinnyBench)
                     case "--out": output = Next(); break;
                     case "--probe": probe = Next(); break;          // internal: one memory measurement in a fresh process
                     case "--probe-hidden": probeHidden = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                     case "-h" or "--help":
-                        Console.WriteLine("dotnet KernelBench.dll --device cuda|cpu [--quick] [--out PATH]");
+                        Console.WriteLine("dotnet KernelBench.dll --device cuda|cpu [--quick] [--out PATH] | --skinny [--quick]");
                         return null;
                     default:
                         Console.Error.WriteLine($"unknown argument {args[i]}; usage: --device cuda|cpu [--quick] [--out PATH]");
                         return null;
                 }
             }
-            return new BenchOptions(cudaDevice, quick, output, probe, probeHidden);
+            return new BenchOptions(cudaDevice, quick, output, probe, probeHidden, skinny);
         }
     }
 

@@ -160,7 +160,7 @@ internal static class DpoBench
         using (no_grad()) referenceLogps = reference is not null ? ResponseLogProbs.Compute(reference, batch) : precomputed;
         using var logps = ResponseLogProbs.ComputeDetailed(policy, batch);
         var loss = Loss(logps.SequenceLogps, referenceLogps, pairs, config);
-        loss.backward();
+        Backpropagation.Run(loss);
         mixed.AccumulateGradients();
         optimizer.ClipGradients(config.MaxGradNorm);
         optimizer.Step();
@@ -270,7 +270,7 @@ internal static class DpoBench
         peaks[1] = StageMemory.Now();
         ProcessMemory.ResetPeak();
         watch.Restart();
-        loss.backward();
+        Backpropagation.Run(loss);
         mixed.AccumulateGradients();
         TorchDevice.Synchronize(device);
         times[2] = watch.Elapsed.TotalMilliseconds;

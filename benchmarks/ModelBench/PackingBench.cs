@@ -127,7 +127,7 @@ internal static class PackingBench
             int n = members.Length;
             var r = referenceLogps.to(device);
             var loss = PreferenceScoring.Loss(PreferenceLossInputs.FromConcatenated(logps.SequenceLogps, r, n), trainConfig.LossSettings).Loss;
-            loss.backward();
+            Backpropagation.Run(loss);
             optimizer.ClipGradients(trainConfig.MaxGradNorm);
             optimizer.Step();
             optimizer.ZeroGrad();

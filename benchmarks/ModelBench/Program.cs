@@ -236,11 +236,12 @@ internal sealed record ResultRow(string Name, string Shape, double[] Seconds, do
 }
 
 internal sealed record BenchSettings(string? Device, string DType, ScalarType ScalarType, bool Quick, string? Out, int? Threads, string? TorchLib,
-    string Suite, string[] Models, int? Pairs, int? Length, int? Iters, int? Rounds = null, string? Python = null, string? Spec = null, string? Result = null)
+    string Suite, string[] Models, int? Pairs, int? Length, int? Iters, int? Rounds = null, string? Python = null, string? Spec = null, string? Result = null,
+    string[]? Workloads = null)
 {
     public static BenchSettings? Parse(string[] args)
     {
-        string? device = null, dtype = "float32", outPath = null, torchLib = null, python = null, spec = null, result = null;
+        string? device = null, dtype = "float32", outPath = null, torchLib = null, python = null, spec = null, result = null, workloads = null;
         string suite = "model", models = "opt-125m,opt-1.3b";
         int? threads = null, pairs = null, length = null, iters = null, rounds = null;
         bool quick = false;
@@ -263,6 +264,7 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
                     case "--spec": spec = Value(); break;
                     case "--result": result = Value(); break;
                     case "--models": models = Value(); break;
+                    case "--workloads": workloads = Value(); break;
                     case "--pairs": pairs = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--length": length = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                     case "--iters": iters = int.Parse(Value(), CultureInfo.InvariantCulture); break;
@@ -294,11 +296,12 @@ internal sealed record BenchSettings(string? Device, string DType, ScalarType Sc
             try { DpoBench.Config(name); }
             catch (ArgumentException e) { Console.Error.WriteLine($"ModelBench: --models: {e.Message}"); return null; }
         }
-        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib, suite, names, pairs, length, iters, rounds, python, spec, result);
+        return new BenchSettings(device, type == ScalarType.Float32 ? "float32" : "bfloat16", type.Value, quick, outPath, threads, torchLib, suite, names, pairs, length, iters, rounds, python, spec, result,
+            workloads?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
     }
 
     private static void Usage() => Console.Error.WriteLine(
-        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|dpo-memory|matmul|generate|generate-profile|packing|record] [--models opt-125m,opt-1.3b] [--pairs N --length T --iters N (dpo; generate: rows, new tokens)] [--rounds N --python PATH (record)]");
+        "usage: ModelBench [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--quick] [--out path] [--threads N] [--torch-lib DIR] [--suite model|dpo|dpo-memory|matmul|generate|generate-profile|packing|record] [--models opt-125m,opt-1.3b] [--pairs N --length T --iters N (dpo; generate: rows, new tokens)] [--rounds N --python PATH --workloads a,b (record: only these, a partial report that is no record)]");
 }
 
 internal static class Report

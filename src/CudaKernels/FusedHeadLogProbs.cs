@@ -343,6 +343,8 @@ internal sealed class GradientReleaseFunction : TorchSharp.torch.autograd.Single
     {
         // the head's backward has returned and libtorch holds its own references to what it returned
         ((ReturnedGradients)ctx.get_data("returned")).Release();
+        AutogradGrads.ReleaseEarlier();
+        AutogradGrads.Returning([grad]);   // the dH it passes on, released as any custom backward's gradient
         return [grad, null!];
     }
 }

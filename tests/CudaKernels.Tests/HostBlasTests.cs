@@ -40,6 +40,68 @@ public sealed class HostBlasTests
     }
 
     [Theory]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    [InlineData(false, false)]
+    public void LayerProductAndItsGradientsAreTorchs(bool weightInOut, bool withBias)
+    {
+        bool enabled = HostBlas.Enabled;
+        HostBlas.Enabled = true;
+        try { CheckGradients(weightInOut, withBias); }
+        finally { HostBlas.Enabled = enabled; }
+    }
+
+    private static void CheckGradients(bool weightInOut, bool withBias)
+    {
+        if (OpenBlasInstalled) Assert.True(HostBlas.Available, HostBlas.Description);
+        var gen = new TorchSharp.torch.Generator(7);
+        const int k = 24, n = 40;
+        using var x0 = randn([3, 5, k], generator: gen);
+        using var w0 = randn(weightInOut ? [k, n] : [n, k], generator: gen);
+        using var b0 = randn([n], generator: gen);
+        using var dy = randn([3, 5, n], generator: gen);
+        // a gradient already in .grad (a previous micro-batch) is added to, as autograd's accumulation does
+        using var earlier = randn(w0.shape, generator: gen);
+        (Tensor Y, Tensor Dx, Tensor Dw, Tensor? Db) Run(bool ours)
+        {
+            var x = x0.clone().requires_grad_(true);
+            var w = w0.clone().requires_grad_(true);
+            var b = withBias ? b0.clone().requires_grad_(true) : null;
+            w.grad = earlier.clone();
+            var y = ours ? HostBlas.TryLinear(x, w, b, weightInOut)! : weightInOut ? (b is null ? x.matmul(w) : x.matmul(w) + b) : nn.functional.linear(x, w, b);
+            Assert.NotNull(y);
+            y.backward([dy]);
+            return (y.detach(), x.grad!, w.grad!, b?.grad);
+        }
+        var (yOurs, dxOurs, dwOurs, dbOurs) = Run(true);
+        var (yTorch, dxTorch, dwTorch, dbTorch) = Run(false);
+        void Same(Tensor a, Tensor b, string what) => Assert.True(a.allclose(b, rtol: 1e-5, atol: 1e-4), $"{what}: max difference {(a - b).abs().max().item<float>()}");
+        Assert.Equal(yTorch.shape, yOurs.shape);
+        Same(yOurs, yTorch, "y");
+        Same(dxOurs, dxTorch, "dX");
+        Same(dwOurs, dwTorch, "dW");
+        if (withBias) Same(dbOurs!, dbTorch!, "db");
+        else Assert.Null(dbOurs);
+    }
+
+    [Fact]
+    public void AFrozenWeightGetsNoGradient()
+    {
+        bool enabled = HostBlas.Enabled;
+        HostBlas.Enabled = true;
+        try
+        {
+            using var x = randn([4, 8]).requires_grad_(true);
+            using var w = randn([6, 8]);
+            using var y = HostBlas.TryLinear(x, w, null)!;
+            y.sum().backward();
+            Assert.Null(w.grad);
+            Assert.True(x.grad!.allclose(w.sum([0L]).expand(4, 8), rtol: 1e-5, atol: 1e-5));
+        }
+        finally { HostBlas.Enabled = enabled; }
+    }
+
+    [Theory]
     [InlineData(null, true)]
     [InlineData("", true)]
     [InlineData("openblas", true)]

@@ -39,9 +39,10 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        Tensor y = FanInFanOut
+        // OpenBLAS on the CPU where installed (HostBlas: oneMKL inside libtorch is slower on AMD), else torch's product
+        Tensor y = HostBlas.TryLinear(x, weight, bias, FanInFanOut) ?? (FanInFanOut
             ? (bias is null ? x.matmul(weight) : torch.addmm(bias, x.reshape(-1, InFeatures), weight, 1, 1).reshape(OutShape(x)))
-            : nn.functional.linear(x, weight, bias);
+            : nn.functional.linear(x, weight, bias));
         if (lora_A is null || lora_B is null) return y;
         using var scope = NewDisposeScope();
         var update = lora_B.forward(lora_A.forward(lora_dropout!.forward(x))).Mul(LoraScaling);

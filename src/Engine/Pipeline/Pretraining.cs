@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using TorchSharp;
+using WeakTeacher.CudaKernels;
 using WeakTeacher.Engine.Data;
 using WeakTeacher.Engine.LogProbs;
 using WeakTeacher.Engine.Models;
@@ -68,7 +69,7 @@ public static class Pretraining
             var count = mask[.., 1..].sum().to_type(ScalarType.Float32);
             var loss = -logps.sum() / count;
             optimizer.ZeroGrad();
-            loss.backward();
+            Backpropagation.Run(loss);
             optimizer.ClipGradients(config.MaxGradNorm);
             optimizer.Step();
             double value = loss.item<float>();

@@ -104,6 +104,7 @@ public static class TorchDevice
     public static Device Initialize(RuntimeOptions? options = null)
     {
         options ??= new RuntimeOptions();
+        NativeHeap.Configure();
         if (options.Threads is int n && n <= 0)
             throw new ArgumentOutOfRangeException(nameof(RuntimeOptions.Threads), n, "RuntimeOptions.Threads must be positive.");
         var spec = Resolve(options.Device);
@@ -140,23 +141,8 @@ public static class TorchDevice
     }
 
     /// <summary>Full paths of the mapped libraries of this process whose file name is <paramref name="fileName"/>.</summary>
-    public static IReadOnlyList<string> LoadedLibraries(string fileName)
-    {
-        var found = new List<string>();
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/self/maps"))
-            {
-                int slash = line.IndexOf('/');
-                if (slash < 0) continue;
-                string path = line[slash..].Trim();
-                if (Path.GetFileName(path) == fileName && !found.Contains(path)) found.Add(path);
-            }
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-        return found;
-    }
+    public static IReadOnlyList<string> LoadedLibraries(string fileName) =>
+        WeakTeacher.CudaKernels.Native.MappedLibraries.All().Where(p => Path.GetFileName(p) == fileName).ToList();
 
     private static void EnsureCuda(DeviceSpec spec, string? torchLibSetting, string python)
     {

@@ -162,7 +162,7 @@ public sealed class DpoTrainer
             };
             var output = PreferenceScoring.Loss(inputs, settings);
             // the loss is the batch mean: times B gives the batch sum, normalised over the whole step by lossScale
-            output.Loss.Mul(b * lossScale).backward();
+            Backpropagation.Run(output.Loss.Mul(b * lossScale));
             sums.Add("loss", output.Loss.item<float>() * b, b);
             sums.AddItems("rewards/chosen", output.ChosenRewards);
             sums.AddItems("rewards/rejected", output.RejectedRewards);

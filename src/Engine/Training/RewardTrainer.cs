@@ -107,7 +107,7 @@ public sealed class RewardTrainer
             using var scope = NewDisposeScope();
             var batchMargins = margins is null ? null : micro.ExampleIndices.Select(i => margins[i]).ToArray();
             var lossSum = PairLosses(trainer.Model, (PreferenceBatch)micro.Payload, batchMargins, trainer.Config.CenterRewardsCoefficient, sums);
-            lossSum.Mul(lossScale).backward();
+            Backpropagation.Run(lossSum.Mul(lossScale));
         }
     }
 }

@@ -87,7 +87,7 @@ public sealed class SftTrainer
             using var scope = NewDisposeScope();
             var logps = ResponseLogProbs.Compute(model, batch);
             var nllSum = -logps.sum();
-            nllSum.Mul(lossScale).backward();
+            Backpropagation.Run(nllSum.Mul(lossScale));
             sums.Add("loss", nllSum.item<float>(), micro.Normaliser);
         }
     }

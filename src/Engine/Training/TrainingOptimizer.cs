@@ -97,7 +97,8 @@ public sealed class TrainingOptimizer : IDisposable
     /// One AdamW update of every parameter with a gradient, torch.optim.AdamW's single-tensor update in place:
     /// p *= 1 - lr wd (skipped at wd 0); m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2;
     /// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). Five passes over a parameter and one temporary (the
-    /// denominator), disposed before the next parameter, so the step's extra memory is one parameter's size, not all of them.
+    /// denominator), disposed before the next parameter, so the step's extra memory is one parameter's size, not all of them;
+    /// float32 CPU parameters take <see cref="FusedAdamW"/>, the same update in one pass and no temporary.
     /// </summary>
     public void Step()
     {
@@ -131,6 +132,15 @@ public sealed class TrainingOptimizer : IDisposable
             state.Step += 1;
             double biasCorrection1 = 1 - Math.Pow(_beta1, state.Step);
             double biasCorrection2 = 1 - Math.Pow(_beta2, state.Step);
+            if (FusedAdamW.Serves(parameter, grad, state.ExpAvg, state.ExpAvgSq))
+            {
+                // the same update in one pass over the four tensors (the CPU's float32 parameters)
+                FusedAdamW.Step(parameter, grad, state.ExpAvg, state.ExpAvgSq, new FusedAdamW.Coefficients(
+                    Decay: (float)(1 - _learningRate * _weightDecay[i]), OneMinusBeta1: (float)(1 - _beta1), Beta2: (float)_beta2,
+                    OneMinusBeta2: (float)(1 - _beta2), Correction2Sqrt: (float)Math.Sqrt(biasCorrection2), Epsilon: (float)_epsilon,
+                    StepSize: (float)(-(_learningRate / biasCorrection1))));
+                continue;
+            }
             if (_weightDecay[i] != 0)
             {
                 using var decay = (1 - _learningRate * _weightDecay[i]).ToScalar();

@@ -25,7 +25,23 @@ internal sealed class StageRunner(Catalog catalog)
     {
         var kind = (JobKind)job.Kind;
         // Ids are resolved again now: an input deleted while the job waited fails it with NOT_FOUND.
-        object request = kind switch
+        object request = Resolve(job, device);
+        Directory.CreateDirectory(workDir);
+        try
+        {
+            return await RunStageAsync(request, kind, job, workDir, progress, ct);
+        }
+        catch (Exception e) when (e is not (OperationCanceledException or RpcException))
+        {
+            // an input deleted while the job read it (its files gone mid-load) is NOT_FOUND too, not an internal error
+            try { Resolve(job, device); }
+            catch (RpcException gone) when (gone.StatusCode == StatusCode.NotFound) { throw; }
+            throw;
+        }
+    }
+
+    private object Resolve(JobRecord job, string device) =>
+        (JobKind)job.Kind switch
         {
             JobKind.Train => RequestTranslation.Train(V1.TrainRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
             JobKind.Label or JobKind.LabelShard => RequestTranslation.Label(V1.LabelRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
@@ -33,7 +49,9 @@ internal sealed class StageRunner(Catalog catalog)
             JobKind.Evaluate => RequestTranslation.Evaluate(V1.EvaluateRequest.Parser.ParseJson(job.ConfigJson), catalog, device),
             _ => throw new InvalidOperationException($"job {job.Id} has unknown kind {job.Kind}"),
         };
-        Directory.CreateDirectory(workDir);
+
+    private static async Task<StageOutput> RunStageAsync(object request, JobKind kind, JobRecord job, string workDir, IProgress<EngineProgress> progress, CancellationToken ct)
+    {
         var result = request switch
         {
             TrainTeacherRequest r => await PipelineStages.TrainTeacherAsync(r, workDir, progress, ct),
