@@ -78,6 +78,8 @@ public static class HostBlas
         var outShape = x.shape.ToArray();
         outShape[^1] = n;
         bool grad = is_grad_enabled() && (x.requires_grad || weight.requires_grad || bias?.requires_grad == true);
+        // dW goes into weight.grad: only a leaf's (a parameter's) gradient ends there; a computed weight keeps torch's product
+        if (grad && weight.requires_grad && !weight.is_leaf) return null;
         if (grad)
         {
             using var scope = NewDisposeScope();

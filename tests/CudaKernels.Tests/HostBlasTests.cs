@@ -97,6 +97,10 @@ public sealed class HostBlasTests
             y.sum().backward();
             Assert.Null(w.grad);
             Assert.True(x.grad!.allclose(w.sum([0L]).expand(4, 8), rtol: 1e-5, atol: 1e-5));
+            // a computed weight (not a leaf) needs its gradient passed on, not stored: torch's product serves it
+            using var leaf = randn([6, 8]).requires_grad_(true);
+            using var computed = leaf * 2;
+            Assert.Null(HostBlas.TryLinear(x, computed, null));
         }
         finally { HostBlas.Enabled = enabled; }
     }
