@@ -202,7 +202,7 @@ internal static class RecordBench
             {
                 Side = "engine", Runtime = $"WeakTeacher engine, TorchSharp {typeof(torch).Assembly.GetName().Version}", Model = "engine",
                 Threads = get_num_threads(), TimesMs = times, RealTokens = real, Cells = cells,
-                PeakRssMib = ProcessMemory.PeakRss() / (1024.0 * 1024), BaseRssMib = baseRss, Blas = $"{MatmulRate.LoadedBlas()}; decode head: {WeakTeacher.CudaKernels.HostBlas.Description}",
+                PeakRssMib = ProcessMemory.PeakRss() / (1024.0 * 1024), BaseRssMib = baseRss, Blas = $"{MatmulRate.LoadedBlas()}; linear layers and decode head: {WeakTeacher.CudaKernels.HostBlas.Description}",
                 Check = check, FirstLoss = first.firstLoss, FirstGradNorm = first.firstGradNorm, Generated = generated,
             };
             WeakTeacher.Engine.AtomicFile.WriteAllText(resultPath, JsonSerializer.Serialize(result, Json));
