@@ -71,11 +71,10 @@ public static class FusedHeadLogProbs
         bool cuda = KernelSettings.UseCuda(hidden, op, floatKernel: true, nameof(hidden));
         int rows = chunkRows > 0 ? (int)Math.Min(chunkRows, Math.Max(hidden.shape[0], 1)) : AutoChunkRows(hidden.shape[0], weight.shape[0]);
         // a trained head's dW is as large as the embedding: its wrapper is released right after the head's backward
-        var returned = hidden.requires_grad && weight.requires_grad && is_grad_enabled() ? new ReturnedGradients() : null;
         var input = hidden.contiguous();
-        if (returned is not null) input = GradientReleaseFunction.apply(input, returned);
+        if (hidden.requires_grad && weight.requires_grad && is_grad_enabled()) input = GradientReleaseFunction.apply(input);
         var outputs = FusedHeadLogProbsFunction.apply(input, weight.contiguous(), labels.contiguous(), seqIndex.contiguous(),
-            numSequences, ignoreIndex, rows, cuda, hidden.requires_grad, weight.requires_grad, returned!);
+            numSequences, ignoreIndex, rows, cuda, hidden.requires_grad, weight.requires_grad);
         return (outputs[0], outputs[1]);
     }
 }
@@ -148,7 +147,6 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         ctx.save_data("needHidden", needHidden);
         ctx.save_data("needWeight", needWeight);
         ctx.save_data("numSequences", numSequences);
-        ctx.save_data("returned", vars[10]);
         ctx.set_materialize_grads(false);   // see AutogradGrads
         return [token, sequence];
     }
@@ -174,12 +172,8 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
         saved.set_(empty);
     }
 
-    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads)
-    {
-        var result = AutogradGrads.Backward(ctx, grads, saved => Backward(ctx, saved, grads));
-        (ctx.get_data("returned") as ReturnedGradients)?.Set(result);
-        return result;
-    }
+    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> grads) =>
+        AutogradGrads.Backward(ctx, grads, saved => Backward(ctx, saved, grads));
 
     private static List<Tensor> Backward(TorchSharp.torch.autograd.AutogradContext ctx, List<Tensor> saved, List<Tensor> grads)
     {
@@ -306,24 +300,11 @@ internal sealed class FusedHeadLogProbsFunction : TorchSharp.torch.autograd.Mult
     }
 }
 
-/// <summary>The gradients one fused head's backward returned, for <see cref="GradientReleaseFunction"/> to dispose.</summary>
-internal sealed class ReturnedGradients
-{
-    private List<Tensor>? _tensors;
-
-    public void Set(List<Tensor> tensors) => _tensors = tensors;
-
-    public void Release()
-    {
-        foreach (var t in _tensors ?? []) t?.Dispose();
-        _tensors = null;
-    }
-}
-
 /// <summary>
 /// Identity on the fused head's hidden rows whose backward runs right after the head's (it takes the head's dH) and
-/// disposes the wrappers of the gradients the head's backward returned. TorchSharp hands libtorch their handles only
-/// after a backward has returned, so the head cannot dispose them itself; while a wrapper lives, autograd sees the
+/// releases the wrappers of the gradients the head's backward returned (AutogradGrads' release, which otherwise waits
+/// for the next custom backward, several layers later). TorchSharp hands libtorch their handles only after a backward
+/// has returned, so the head cannot dispose them itself; while a wrapper lives, autograd sees the
 /// gradient as shared: it copies an untied head's dW into .grad instead of taking it over, and adds a tied one to the
 /// embedding's gradient out of place at the end of the backward, where the step's memory peaks; on CUDA (libtorch's
 /// device thread, no dispose scope) the wrappers would wait for the collector.
@@ -334,7 +315,6 @@ internal sealed class GradientReleaseFunction : TorchSharp.torch.autograd.Single
 
     public override Tensor forward(TorchSharp.torch.autograd.AutogradContext ctx, params object[] vars)
     {
-        ctx.save_data("returned", vars[1]);
         ctx.set_materialize_grads(false);   // see AutogradGrads
         return ((Tensor)vars[0]).alias();
     }
@@ -342,7 +322,6 @@ internal sealed class GradientReleaseFunction : TorchSharp.torch.autograd.Single
     public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, Tensor grad)
     {
         // the head's backward has returned and libtorch holds its own references to what it returned
-        ((ReturnedGradients)ctx.get_data("returned")).Release();
         AutogradGrads.ReleaseEarlier();
         AutogradGrads.Returning([grad]);   // the dH it passes on, released as any custom backward's gradient
         return [grad, null!];

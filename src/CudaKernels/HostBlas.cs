@@ -127,7 +127,7 @@ public static class HostBlas
         GC.KeepAlive(c);
     }
 
-    private static bool Plain(Tensor t) => t.device_type == DeviceType.CPU && t.dtype == ScalarType.Float32;
+    internal static bool Plain(Tensor t) => t.device_type == DeviceType.CPU && t.dtype == ScalarType.Float32;
 
     /// <summary>Plain float32 CPU tensors of matching sizes that fit BLAS's int arguments, a contiguous weight (a
     /// parameter) and at least one element each way.</summary>
@@ -199,18 +199,20 @@ internal sealed class HostBlasLinearFunction : TorchSharp.torch.autograd.SingleT
     {
         long m = rows.shape[0], k = rows.shape[1], n = g.shape[1];
         var existing = weight.grad;
-        bool accumulate = existing is not null && !existing.IsInvalid;
-        if (accumulate && !(existing!.is_contiguous() && existing.dtype == ScalarType.Float32 && existing.device_type == DeviceType.CPU))
+        if (existing is null || existing.IsInvalid)
         {
-            using var scope = NewDisposeScope();
-            var delta = zeros_like(existing);
+            // the first micro-batch: the product is the gradient (beta 0: the new buffer is not read)
+            var fresh = empty(weight.shape, ScalarType.Float32);
+            Product(fresh, 0f);
+            weight.grad = fresh;
+        }
+        else if (existing.is_contiguous() && HostBlas.Plain(existing)) Product(existing, 1f);   // added in place
+        else
+        {
+            using var delta = empty(weight.shape, ScalarType.Float32);
             Product(delta, 0f);
             existing.AddInPlace(delta);
-            return;
         }
-        var target = accumulate ? existing! : zeros_like(weight);
-        Product(target, accumulate ? 1f : 0f);
-        if (!accumulate) weight.grad = target;
 
         void Product(Tensor c, float beta)
         {

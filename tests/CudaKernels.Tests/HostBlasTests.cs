@@ -10,16 +10,22 @@ public sealed class HostBlasTests
     private static bool OpenBlasInstalled =>
         OperatingSystem.IsLinux() && (File.Exists("/usr/lib/x86_64-linux-gnu/libopenblas.so.0") || File.Exists("/usr/lib64/libopenblas.so.0"));
 
+    /// <summary>Runs <paramref name="check"/> with OpenBLAS on, as by default, and restores the setting after.</summary>
+    private static void WithHostBlas(Action check)
+    {
+        bool enabled = HostBlas.Enabled;
+        HostBlas.Enabled = true;
+        try { check(); }
+        finally { HostBlas.Enabled = enabled; }
+    }
+
     [Theory]
     [InlineData(8, 768, 5027)]
     [InlineData(1, 16, 509)]
     [InlineData(3, 5, 7)]
     public void ProductIsTorchLinear(int m, int k, int n)
     {
-        bool enabled = HostBlas.Enabled;
-        HostBlas.Enabled = true;
-        try { CheckProduct(m, k, n); }
-        finally { HostBlas.Enabled = enabled; }
+        WithHostBlas(() => CheckProduct(m, k, n));
     }
 
     private static void CheckProduct(int m, int k, int n)
@@ -45,10 +51,7 @@ public sealed class HostBlasTests
     [InlineData(false, false)]
     public void LayerProductAndItsGradientsAreTorchs(bool weightInOut, bool withBias)
     {
-        bool enabled = HostBlas.Enabled;
-        HostBlas.Enabled = true;
-        try { CheckGradients(weightInOut, withBias); }
-        finally { HostBlas.Enabled = enabled; }
+        WithHostBlas(() => CheckGradients(weightInOut, withBias));
     }
 
     private static void CheckGradients(bool weightInOut, bool withBias)
@@ -85,11 +88,25 @@ public sealed class HostBlasTests
     }
 
     [Fact]
+    public void AGradientStoredTransposedIsAddedTo()
+    {
+        WithHostBlas(() =>
+        {
+            using var x = randn([5, 8]).requires_grad_(true);
+            using var w = randn([6, 8]).requires_grad_(true);
+            using var earlier = randn([8, 6]);
+            w.grad = earlier.clone().t();   // a [6, 8] gradient laid out column-major (its own memory: it is added to)
+            using var dy = randn([5, 6]);
+            HostBlas.TryLinear(x, w, null)!.backward([dy]);
+            using var expected = earlier.t() + dy.t().mm(x.detach());
+            Assert.True(w.grad!.allclose(expected, rtol: 1e-5, atol: 1e-4), $"max difference {(w.grad! - expected).abs().max().item<float>()}");
+        });
+    }
+
+    [Fact]
     public void AFrozenWeightGetsNoGradient()
     {
-        bool enabled = HostBlas.Enabled;
-        HostBlas.Enabled = true;
-        try
+        WithHostBlas(() =>
         {
             using var x = randn([4, 8]).requires_grad_(true);
             using var w = randn([6, 8]);
@@ -101,8 +118,7 @@ public sealed class HostBlasTests
             using var leaf = randn([6, 8]).requires_grad_(true);
             using var computed = leaf * 2;
             Assert.Null(HostBlas.TryLinear(x, computed, null));
-        }
-        finally { HostBlas.Enabled = enabled; }
+        });
     }
 
     [Theory]
@@ -118,10 +134,7 @@ public sealed class HostBlasTests
     [Fact]
     public void OtherInputsGoToTorch()
     {
-        bool enabled = HostBlas.Enabled;
-        HostBlas.Enabled = true;
-        try { CheckFallbacks(); }
-        finally { HostBlas.Enabled = enabled; }
+        WithHostBlas(() => CheckFallbacks());
     }
 
     private static void CheckFallbacks()

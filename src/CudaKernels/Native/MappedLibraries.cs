@@ -7,6 +7,7 @@ public static class MappedLibraries
     public static IReadOnlyList<string> All()
     {
         var found = new List<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
         try
         {
             foreach (var line in File.ReadLines("/proc/self/maps"))
@@ -14,7 +15,7 @@ public static class MappedLibraries
                 int slash = line.IndexOf('/');
                 if (slash < 0) continue;
                 string path = line[slash..].Trim();
-                if (!found.Contains(path)) found.Add(path);
+                if (seen.Add(path)) found.Add(path);
             }
         }
         catch (IOException) { }

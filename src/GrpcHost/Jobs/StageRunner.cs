@@ -31,13 +31,20 @@ internal sealed class StageRunner(Catalog catalog)
         {
             return await RunStageAsync(request, kind, job, workDir, progress, ct);
         }
-        catch (Exception e) when (e is not (OperationCanceledException or RpcException))
+        catch (Exception e) when (e is not (OperationCanceledException or RpcException) && DeletedInput(job, device) is { } deleted)
         {
             // an input deleted while the job read it (its files gone mid-load) is NOT_FOUND too, not an internal error
-            try { Resolve(job, device); }
-            catch (RpcException gone) when (gone.StatusCode == StatusCode.NotFound) { throw; }
-            throw;
+            throw deleted;
         }
+    }
+
+    /// <summary>The NOT_FOUND of an input that no longer resolves; null while every input still does.</summary>
+    private RpcException? DeletedInput(JobRecord job, string device)
+    {
+        try { Resolve(job, device); }
+        catch (RpcException e) when (e.StatusCode == StatusCode.NotFound) { return e; }
+        catch (Exception) { }
+        return null;
     }
 
     private object Resolve(JobRecord job, string device) =>
