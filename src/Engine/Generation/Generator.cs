@@ -73,7 +73,8 @@ public static class Generator
         {
             using var noGrad = torch.no_grad();
             using var inference = torch.inference_mode();
-            cache = options.UseKvCache ? model.NewCache() : null;
+            // the cache is fed the prompt, then every new token but the last: sized for them once
+            cache = options.UseKvCache ? model.NewCache(promptLength + Math.Max(maxNew - 1, 0)) : null;
             input = promptIds.to(ScalarType.Int64, device, copy: true).DetachFromDisposeScope();
             mask = promptMask.to(ScalarType.Int64, device, copy: true).DetachFromDisposeScope();
             if (eosIds.Length > 0)

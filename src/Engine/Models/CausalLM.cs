@@ -33,8 +33,9 @@ public abstract class CausalLM : nn.Module
     public Tensor Logits(Tensor inputIds, Tensor attentionMask, KvCache? cache = null)
         => nn.functional.linear(ForwardHidden(inputIds, attentionMask, cache), OutputWeight);
 
-    /// <summary>An empty key/value cache sized for this model's layers.</summary>
-    public KvCache NewCache() => new(Config.NumHiddenLayers);
+    /// <summary>An empty key/value cache sized for this model's layers, holding <paramref name="reservedPositions"/>
+    /// positions from its first append where the caller knows how many it will feed (0: grown as needed).</summary>
+    public KvCache NewCache(long reservedPositions = 0) => new(Config.NumHiddenLayers, reservedPositions);
 
     /// <summary>The device the parameters live on.</summary>
     public Device Device => parameters().First().device;

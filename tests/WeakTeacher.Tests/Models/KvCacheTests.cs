@@ -39,6 +39,39 @@ public class KvCacheTests
 
     [Theory]
     [MemberData(nameof(FixtureNames))]
+    public void AReservedCacheIsAllocatedOnceAndDecodesAsAGrownOne(string name)
+    {
+        using var scope = NewDisposeScope();
+        using var model = PretrainedModel.Load(Fixtures.Dir(name));
+        var expected = Fixtures.Expected(name);
+        var prompt = expected["gen_input_ids"];
+        var promptMask = expected["gen_attention_mask"];
+        using var noGrad = no_grad();
+        // more positions than the unreserved cache's first buffer (prompt + 32), so that one grows and this one must not
+        const int extra = 40;
+        var tokens = randint(1, model.Config.VocabSize, [prompt.shape[0], extra], generator: new Generator(7));
+        var mask = cat(new[] { promptMask, ones_like(tokens) }, 1);
+        long reserved = prompt.shape[1] + extra;
+        using var grown = model.NewCache();
+        using var sized = model.NewCache(reserved);
+        AssertClose(model.Logits(prompt, promptMask, grown), model.Logits(prompt, promptMask, sized), $"{name} prompt");
+        Assert.Equal(reserved, sized.Capacity);
+        for (int i = 0; i < extra; i++)
+        {
+            var stepMask = mask.narrow(1, 0, prompt.shape[1] + i + 1);
+            var token = tokens.narrow(1, i, 1);
+            AssertClose(model.Logits(token, stepMask, grown), model.Logits(token, stepMask, sized), $"{name} step {i}");
+            Assert.Equal(reserved, sized.Capacity);
+            Assert.Equal(prompt.shape[1] + i + 1, sized.Length);
+        }
+        Assert.True(grown.Capacity > reserved, $"{name}: the unreserved cache was expected to grow past {reserved} (capacity {grown.Capacity})");
+        // past the reservation it grows as an unreserved one does
+        model.Logits(tokens.narrow(1, 0, 1), cat(new[] { mask, ones_like(tokens.narrow(1, 0, 1)) }, 1), sized);
+        Assert.Equal(2 * reserved, sized.Capacity);
+    }
+
+    [Theory]
+    [MemberData(nameof(FixtureNames))]
     public void CachedGreedyDecodingReproducesTransformersGenerate(string name)
     {
         using var scope = NewDisposeScope();
