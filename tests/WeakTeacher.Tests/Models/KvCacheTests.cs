@@ -15,9 +15,7 @@ public class KvCacheTests
     {
         using var scope = NewDisposeScope();
         using var model = PretrainedModel.Load(Fixtures.Dir(name));
-        var expected = Fixtures.Expected(name);
-        var prompt = expected["gen_input_ids"];          // [2, 6], row 0 left-padded by 2
-        var promptMask = expected["gen_attention_mask"];
+        var (prompt, promptMask) = GenerationPrompt(name);   // [2, 6], row 0 left-padded by 2
         using var noGrad = no_grad();
         var extra = tensor(new long[,] { { 17, 230, 45, 301 }, { 99, 5, 410, 77 } });
         var ids = cat(new[] { prompt, extra }, 1);
@@ -43,9 +41,7 @@ public class KvCacheTests
     {
         using var scope = NewDisposeScope();
         using var model = PretrainedModel.Load(Fixtures.Dir(name));
-        var expected = Fixtures.Expected(name);
-        var prompt = expected["gen_input_ids"];
-        var promptMask = expected["gen_attention_mask"];
+        var (prompt, promptMask) = GenerationPrompt(name);
         using var noGrad = no_grad();
         // more positions than the unreserved cache's first buffer (prompt + 32), so that one grows and this one must not
         const int extra = 40;
@@ -93,6 +89,13 @@ public class KvCacheTests
             mask = cat(new[] { mask, ones_like(next) }, 1);
         }
         Assert.Equal(want.data<long>().ToArray(), output.data<long>().ToArray());
+    }
+
+    /// <summary>The fixture's left-padded generation prompt and its attention mask, as transformers saw them.</summary>
+    private static (Tensor Ids, Tensor Mask) GenerationPrompt(string name)
+    {
+        var expected = Fixtures.Expected(name);
+        return (expected["gen_input_ids"], expected["gen_attention_mask"]);
     }
 
     private static void AssertClose(Tensor want, Tensor got, string what)
