@@ -112,7 +112,17 @@ case "$cmd" in
     nvrtc_for_tests
     pg_user_for_tests
     dotnet build WeakTeacher.Native.sln -c $config -nologo -v minimal
-    dotnet test --solution WeakTeacher.Native.sln -c $config --no-build "$@" ;;
+    # A test app with no test starting or ending for 20 minutes is named and ended (a mini dump of it and of its
+    # child processes under TestResults/), rather than the whole run waiting for CI's own time limit.
+    rm -rf TestResults
+    dotnet test --solution WeakTeacher.Native.sln -c $config --no-build \
+      --hangdump --hangdump-timeout 20m --hangdump-type Mini --results-directory "$PWD/TestResults" "$@" || {
+      status=$?
+      for log in TestResults/*_hang.log; do
+        [[ -f $log ]] && { echo "still running at the hang dump ($log):"; cat "$log"; }
+      done
+      exit $status
+    } ;;
   demo)
     host_blas
     dotnet build src/Cli/Cli.csproj -c $config -nologo -v quiet

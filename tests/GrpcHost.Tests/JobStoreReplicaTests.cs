@@ -27,7 +27,7 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
         await using var database = await PostgreSqlServer.StartAsync(bin);
         var dataDir = HostProcess.NewDataDir();
         var hosts = await Task.WhenAll(Enumerable.Range(0, 3).Select(i =>
-            HostProcess.StartAsync(dataDir, database.ReplicaArgs(importDir, i), environment: HostProcess.SingleThreaded)));
+            HostProcess.StartAsync(dataDir, database.ReplicaArgs(importDir, i), environment: StopAtDpoStep(steps, saveSteps + 2, freeze: false))));
         try
         {
             // Imported through one host, started through another, watched from the store.
@@ -36,23 +36,8 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
             await using var connection = new NpgsqlConnection(database.ConnectionString);
             await connection.OpenAsync(ct);
 
-            // Past a checkpoint of the DPO stage, kill -9 the host that holds the job.
-            string owner;
-            var deadline = DateTime.UtcNow.AddMinutes(3);
-            while (true)
-            {
-                var job = await new JobsService.JobsServiceClient(hosts[2].Channel).GetJobAsync(new GetJobRequest { JobId = jobId });
-                Assert.False(job.State is JobState.Succeeded or JobState.Failed, $"the job ended before it could be killed: {job}");
-                if (job.State == JobState.Running && job.Progress is { } p && p.Stage.Contains("dpo") && p.Step >= saveSteps + 2)
-                {
-                    owner = (string)(await Scalar(connection, "SELECT owner FROM jobs WHERE id=@v", jobId))!;
-                    break;
-                }
-                Assert.True(DateTime.UtcNow < deadline, $"the job did not reach DPO step {saveSteps + 2} in 3 minutes: {job}");
-                await Task.Delay(100, ct);
-            }
-            var killed = Array.FindIndex(Enumerable.Range(0, 3).Select(i => $"replica-{i}").ToArray(), h => h == owner);
-            Assert.True(killed >= 0, $"owner '{owner}' is none of the replicas");
+            // Past a checkpoint of the DPO stage (the failpoint every replica is started with), kill -9 the host that holds the job.
+            var (killed, owner) = await StoppedOwner(hosts, connection, jobId, ct);
             hosts[killed].Kill();
             var survivor = hosts[(killed + 1) % 3];
 
@@ -116,7 +101,7 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
         await using var database = await PostgreSqlServer.StartAsync(bin);
         var dataDir = HostProcess.NewDataDir();
         var hosts = await Task.WhenAll(Enumerable.Range(0, 2).Select(i =>
-            HostProcess.StartAsync(dataDir, database.ReplicaArgs(importDir, i), environment: HostProcess.SingleThreaded)));
+            HostProcess.StartAsync(dataDir, database.ReplicaArgs(importDir, i), environment: StopAtDpoStep(steps, saveSteps + 2, freeze: true))));
         try
         {
             var (baseModel, labelled) = await Import(hosts[0]);
@@ -124,24 +109,9 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
             await using var connection = new NpgsqlConnection(database.ConnectionString);
             await connection.OpenAsync(ct);
 
-            // Past a checkpoint of the DPO stage, freeze (SIGSTOP) the host that holds the job.
-            var deadline = DateTime.UtcNow.AddMinutes(3);
-            string owner;
-            while (true)
-            {
-                var job = await new JobsService.JobsServiceClient(hosts[1].Channel).GetJobAsync(new GetJobRequest { JobId = jobId });
-                Assert.False(job.State is JobState.Succeeded or JobState.Failed, $"the job ended before it could be frozen: {job}");
-                if (job.State == JobState.Running && job.Progress is { } p && p.Stage.Contains("dpo") && p.Step >= saveSteps + 2)
-                {
-                    owner = (string)(await Scalar(connection, "SELECT owner FROM jobs WHERE id=@v", jobId))!;
-                    break;
-                }
-                Assert.True(DateTime.UtcNow < deadline, $"the job did not reach DPO step {saveSteps + 2} in 3 minutes: {job}");
-                await Task.Delay(100, ct);
-            }
-            int frozen = owner == "replica-0" ? 0 : owner == "replica-1" ? 1 : throw new Xunit.Sdk.XunitException($"owner '{owner}' is none of the replicas");
+            // Past a checkpoint of the DPO stage, the host that holds the job froze itself (SIGSTOP, its failpoint).
+            var (frozen, _) = await StoppedOwner(hosts, connection, jobId, ct);
             var other = hosts[1 - frozen];
-            hosts[frozen].Freeze(true);
             try
             {
                 // The other host claims the job once the lease lapsed (10 s) and resumes it; then the frozen host runs on.
@@ -189,6 +159,63 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
             Assert.NotEmpty(weights);
             foreach (var file in weights)
                 Assert.True(single[file].AsSpan().SequenceEqual(replicated[file]), $"{file} differs between the frozen-host run and a single host's");
+        }
+        finally
+        {
+            foreach (var host in hosts) await host.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task A_host_frozen_inside_a_lease_renewal_does_not_keep_its_job_locked_from_the_others()
+    {
+        await shared.RequireStagesAsync();
+        var bin = PostgreSqlServer.RequireBinaries();
+        const int steps = 12, saveSteps = 4;
+        var ct = TestContext.Current.CancellationToken;
+        await using var database = await PostgreSqlServer.StartAsync(bin);
+        var dataDir = HostProcess.NewDataDir();
+        // The holder: its trainer waits at DPO step 6, so the job is still running at its first renewal (a third of the
+        // 10 s lease in), and the process freezes inside that renewal, with the job's row updated and not yet committed.
+        var environment = StopAtDpoStep(steps, saveSteps + 2, freeze: false);
+        environment["WT_FAILPOINTS"] += $",{WeakTeacher.Engine.Runtime.Failpoints.LeaseRenewing}:freeze";
+        var hosts = new List<HostProcess> { await HostProcess.StartAsync(dataDir, database.ReplicaArgs(shared.TaskDir, 0), environment: environment) };
+        try
+        {
+            var (baseModel, labelled) = await Import(hosts[0]);
+            var jobId = (await new JobsService.JobsServiceClient(hosts[0].Channel).TrainAsync(
+                PipelineTests.TeacherRequest(baseModel, labelled, steps, saveSteps), deadline: DateTime.UtcNow.AddSeconds(30))).JobId;
+            var frozeAt = DateTime.UtcNow.AddMinutes(2);
+            while (!hosts[0].Log.Contains($"failpoint '{WeakTeacher.Engine.Runtime.Failpoints.LeaseRenewing}' reached", StringComparison.Ordinal))
+            {
+                Assert.True(DateTime.UtcNow < frozeAt, $"the holder did not freeze inside a lease renewal in 2 minutes\n{Logs(hosts)}");
+                await Task.Delay(100, ct);
+            }
+            try
+            {
+                // Another host, started now, claims the job once its lease lapsed: the frozen session's transaction is
+                // ended by the server (idle_in_transaction_session_timeout). Before, it held the job's row for as long as
+                // the freeze lasted: every claim skipped the job, and a host starting meanwhile timed out on its schema
+                // check (ALTER TABLE waits for the table's lock).
+                hosts.Add(await HostProcess.StartAsync(dataDir, database.ReplicaArgs(shared.TaskDir, 1), environment: HostProcess.SingleThreaded));
+                Job finished;
+                try { finished = await PipelineTests.WaitForEnd(new JobsService.JobsServiceClient(hosts[1].Channel), jobId, TimeSpan.FromMinutes(2)); }
+                catch (RpcException e) { throw new Xunit.Sdk.XunitException($"waiting for the frozen holder's job on the other host: {e.Status}\n{Logs(hosts)}"); }
+                Assert.True(finished.State == JobState.Succeeded && finished.Attempts == 2, $"{finished.State} after {finished.Attempts} attempts {finished.Error}\n{Logs(hosts)}");
+            }
+            finally { hosts[0].Freeze(false); }
+
+            // The woken holder's renewal finds its session ended and says so; it does not take the job back.
+            var woke = DateTime.UtcNow.AddSeconds(30);
+            while (!hosts[0].Log.Contains("idle-in-transaction", StringComparison.Ordinal))
+            {
+                Assert.True(DateTime.UtcNow < woke, $"the woken holder did not report its ended session\n{Logs(hosts)}");
+                await Task.Delay(200, ct);
+            }
+            await using var connection = new NpgsqlConnection(database.ConnectionString);
+            await connection.OpenAsync(ct);
+            Assert.Equal("succeeded", (string)(await Scalar(connection, "SELECT outcome FROM job_attempts WHERE job_id=@v AND attempt=2", jobId))!);
+            Assert.Equal("replica-1", (string)(await Scalar(connection, "SELECT owner FROM job_attempts WHERE job_id=@v AND attempt=2", jobId))!);
         }
         finally
         {
@@ -259,6 +286,36 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
         await using var command = new NpgsqlCommand(sql, connection);
         command.Parameters.AddWithValue("v", value);
         return await command.ExecuteScalarAsync();
+    }
+
+    /// <summary>
+    /// A replica's environment (single-threaded) with a failpoint at DPO step <paramref name="dpoStep"/> of a Train job of
+    /// <paramref name="steps"/> SFT and DPO steps: the process's (sft steps + dpoStep)-th optimizer step, so only the host
+    /// that ran the job from its start stops there (one resuming from a DPO checkpoint runs fewer steps). It stops at that
+    /// step, not at whatever step a poll saw: the tiny task's steps take milliseconds, so a poll-then-kill could land after
+    /// the job's end. With <paramref name="freeze"/> the process freezes itself (SIGSTOP); otherwise the trainer's thread
+    /// waits, for a kill.
+    /// </summary>
+    private static Dictionary<string, string> StopAtDpoStep(int steps, int dpoStep, bool freeze) =>
+        new(HostProcess.SingleThreaded) { ["WT_FAILPOINTS"] = $"training.step@{steps + dpoStep}" + (freeze ? ":freeze" : "") };
+
+    /// <summary>The replica stopped at its failpoint (its index and host id), checked to be the job's owner in the store.</summary>
+    private static async Task<(int Index, string Owner)> StoppedOwner(HostProcess[] hosts, NpgsqlConnection connection, string jobId, CancellationToken ct)
+    {
+        const string Reached = "failpoint 'training.step' reached";
+        var deadline = DateTime.UtcNow.AddMinutes(3);
+        int stopped;
+        while ((stopped = Array.FindIndex(hosts, h => h.Log.Contains(Reached, StringComparison.Ordinal))) < 0)
+        {
+            // from the store, not a replica: the one asked may be the one freezing
+            var state = (JobState)Convert.ToInt32(await Scalar(connection, "SELECT state FROM jobs WHERE id=@v", jobId));
+            Assert.False(state is JobState.Succeeded or JobState.Failed, $"the job ended ({state}) before its host reached DPO's failpoint\n{Logs(hosts)}");
+            Assert.True(DateTime.UtcNow < deadline, $"no replica reached DPO's failpoint in 3 minutes (job {state})\n{Logs(hosts)}");
+            await Task.Delay(100, ct);
+        }
+        var owner = (string)(await Scalar(connection, "SELECT owner FROM jobs WHERE id=@v", jobId))!;
+        Assert.True(owner == $"replica-{stopped}", $"replica-{stopped} reached the failpoint but the store names '{owner}' the job's owner\n{Logs(hosts)}");
+        return (stopped, owner);
     }
 
     private static string Logs(IEnumerable<HostProcess> hosts) =>

@@ -1,10 +1,15 @@
+using System.Runtime.InteropServices;
+
 namespace WeakTeacher.Engine.Runtime;
 
 /// <summary>
-/// Named fault-injection points for crash tests, all listed here. <c>WT_FAILPOINTS=name[@N][,name[@N]...]</c> makes the
+/// Named fault-injection points for crash tests, all listed here. <c>WT_FAILPOINTS=name[@N][:freeze][,...]</c> makes the
 /// process stop the N-th time (default the first) it reaches a listed point: it writes <c>failpoint 'name' reached</c> to
 /// stderr and blocks that thread until the process is killed, so a test can see the data folder and the host's answers at
-/// that exact moment and then kill -9 it. Unset (always, outside such tests) a point costs one lookup in an empty map.
+/// that exact moment and then kill -9 it. With <c>:freeze</c> the whole process stops instead (SIGSTOP to itself, as a
+/// long GC pause or a frozen VM stops it: no lease renewal, no request served) and runs on from that point at SIGCONT,
+/// so a test can freeze a host at a known step rather than at whatever step a poll happened to see (Linux only).
+/// Unset (always, outside such tests) a point costs one lookup in an empty map.
 /// </summary>
 public static class Failpoints
 {
@@ -21,35 +26,68 @@ public static class Failpoints
     /// <summary>One output of a finished job is published to the data folder, the others not yet (the host's registration).</summary>
     public const string OutputPublished = "register.output-published";
 
+    /// <summary>A job's lease is being renewed: its row updated (and locked, in PostgreSQL), the transaction not yet committed.</summary>
+    public const string LeaseRenewing = "job-store.lease-renewing";
+
     /// <summary>A label shard's labels are computed, its labels file and manifest not yet written (LabelShards.RunShard).</summary>
     public const string LabelShardLabelled = "label-shard.labelled";
 
-    /// <summary>Armed points: name -> the hit that stops (1-based); and how often each was hit.</summary>
-    private static readonly Dictionary<string, int> Armed = Parse(Environment.GetEnvironmentVariable(Variable));
+    /// <summary>An armed point: the hit that stops (1-based), and whether the whole process freezes there.</summary>
+    public readonly record struct Arming(int StopAt, bool Freeze);
+
+    /// <summary>Armed points by name; and how often each was hit.</summary>
+    private static readonly Dictionary<string, Arming> Armed = Parse(Environment.GetEnvironmentVariable(Variable));
     private static readonly Dictionary<string, int> Hits = new(StringComparer.Ordinal);
 
-    private static Dictionary<string, int> Parse(string? value)
+    /// <summary>The points a <see cref="Variable"/> value arms.</summary>
+    public static Dictionary<string, Arming> Parse(string? value)
     {
-        var armed = new Dictionary<string, int>(StringComparer.Ordinal);
+        var armed = new Dictionary<string, Arming>(StringComparer.Ordinal);
         foreach (var entry in (value ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
-            var parts = entry.Split('@', 2);
-            armed[parts[0]] = parts.Length == 2 && int.TryParse(parts[1], out int n) && n > 0 ? n
-                : parts.Length == 2 ? throw new ArgumentException($"{Variable}: '{entry}' is not name or name@N (N a positive count)") : 1;
+            var point = entry;
+            bool freeze = point.EndsWith(":freeze", StringComparison.Ordinal);
+            if (freeze) point = point[..^":freeze".Length];
+            var parts = point.Split('@', 2);
+            int stopAt = parts.Length == 1 ? 1
+                : int.TryParse(parts[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n) && n > 0 ? n
+                : throw new ArgumentException($"{Variable}: '{entry}' is not name[@N][:freeze] (N a positive count)");
+            if (parts[0].Length == 0 || parts[0].Contains(':'))
+                throw new ArgumentException($"{Variable}: '{entry}' is not name[@N][:freeze] (N a positive count)");
+            armed[parts[0]] = new Arming(stopAt, freeze);
         }
         return armed;
     }
 
     public static void Hit(string name)
     {
-        if (Armed.Count == 0 || !Armed.TryGetValue(name, out int stopAt)) return;
+        if (Armed.Count == 0 || !Armed.TryGetValue(name, out var arming)) return;
         lock (Hits)
         {
             int hits = Hits[name] = Hits.GetValueOrDefault(name) + 1;
-            if (hits != stopAt) return;
+            if (hits != arming.StopAt) return;
+        }
+        if (arming.Freeze)
+        {
+            Console.Error.WriteLine($"failpoint '{name}' reached: the process freezes here (SIGSTOP) until SIGCONT {DateTime.UtcNow:O}");
+            Console.Error.Flush();
+            // Sent to this thread, not the process: a process-directed SIGSTOP may be taken by another thread, and this
+            // one ran on for a millisecond or so (measured: enough to commit the transaction a test froze it inside).
+            if (!OperatingSystem.IsLinux() || ThreadKill(Environment.ProcessId, CurrentThreadId(), SigStop) != 0)
+                throw new InvalidOperationException($"{Variable}: failpoint '{name}' could not freeze the process (SIGSTOP needs Linux)");
+            Console.Error.WriteLine($"failpoint '{name}' left: the process runs on {DateTime.UtcNow:O}");
+            return;
         }
         Console.Error.WriteLine($"failpoint '{name}' reached: this thread waits here until the process is killed");
         Console.Error.Flush();
         Thread.Sleep(Timeout.Infinite);
     }
+
+    private const int SigStop = 19;   // Linux (x86-64 and arm64)
+
+    [DllImport("libc", EntryPoint = "tgkill", SetLastError = true)]   // glibc 2.30+
+    private static extern int ThreadKill(int pid, int tid, int signal);
+
+    [DllImport("libc", EntryPoint = "gettid")]
+    private static extern int CurrentThreadId();
 }

@@ -1,6 +1,7 @@
 using System.Data.Common;
 using Microsoft.Data.Sqlite;
 using Npgsql;
+using WeakTeacher.Engine.Runtime;
 using JobState = WeakTeacher.Grpc.V1.JobState;
 
 namespace WeakTeacher.GrpcHost.Storage;
@@ -63,7 +64,7 @@ internal sealed class Store
 
     /// <summary>The store the configuration names: PostgreSQL when JobStore:PostgreSql is set, else SQLite in the data folder.</summary>
     public static Store Open(ServiceOptions options, DataLayout layout) =>
-        string.IsNullOrWhiteSpace(options.JobStore.PostgreSql) ? new Store(layout.DatabasePath) : PostgreSql(options.JobStore.PostgreSql);
+        string.IsNullOrWhiteSpace(options.JobStore.PostgreSql) ? new Store(layout.DatabasePath) : PostgreSql(options.JobStore.PostgreSql, options.JobStore.Lease);
 
     public Store(string databasePath)
     {
@@ -97,18 +98,27 @@ internal sealed class Store
         CreateSchema();
     }
 
-    private static Store PostgreSql(string connectionString)
+    private static Store PostgreSql(string connectionString, TimeSpan lease)
     {
         NpgsqlConnectionStringBuilder builder;
         try { builder = new NpgsqlConnectionStringBuilder(connectionString); }
         catch (ArgumentException e) { throw new ConfigurationException($"JobStore:PostgreSql: not a valid connection string ({e.Message})"); }
         var description = $"PostgreSQL {builder.Host}:{builder.Port}/{builder.Database}";
+        // A host that stalls inside a transaction (frozen VM, GC pause, lost network) keeps its row locks: the job it
+        // holds stays locked past its lease, and other hosts' claims (FOR UPDATE SKIP LOCKED) skip it for as long as
+        // the stall lasts. The server ends such a session after a third of the lease (our transactions are a few
+        // statements sent back to back), so the lock is gone before the lease lapses. The setting's own value wins.
+        if (builder.Options?.Contains("idle_in_transaction_session_timeout", StringComparison.Ordinal) != true)
+            builder.Options = $"{builder.Options} -c idle_in_transaction_session_timeout={IdleInTransactionTimeout(lease).TotalMilliseconds:F0}".Trim();
         try { return new Store(NpgsqlDataSource.Create(builder), description); }
         catch (Exception e) when (e is NpgsqlException or System.Net.Sockets.SocketException or TimeoutException)
         {
             throw new ConfigurationException($"JobStore:PostgreSql: cannot use {description}: {e.Message.Split('\n')[0]}");
         }
     }
+
+    /// <summary>How long a PostgreSQL session of this host may sit idle inside a transaction: a third of the lease, at least 1 s.</summary>
+    internal static TimeSpan IdleInTransactionTimeout(TimeSpan lease) => TimeSpan.FromMilliseconds(Math.Max(1000, Math.Round(lease.TotalMilliseconds / 3)));
 
     private void CreateSchema()
     {
@@ -430,6 +440,7 @@ internal sealed class Store
             if (!reader.Read()) return LeaseState.Lost;
             (leaseExpires, cancelRequested) = (reader.GetInt64(0), reader.GetInt32(1) != 0);
         }
+        Failpoints.Hit(Failpoints.LeaseRenewing);
         using (var record = Command(connection, "UPDATE job_attempts SET lease_expires_ms=@lease WHERE job_id=@id AND attempt=@attempt",
             ("@id", id), ("@attempt", attempt), ("@lease", leaseExpires)))
         {
