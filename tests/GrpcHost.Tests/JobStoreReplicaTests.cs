@@ -1,5 +1,6 @@
 using Grpc.Core;
 using Npgsql;
+using WeakTeacher.Engine.Runtime;
 using WeakTeacher.Grpc.V1;
 using Xunit;
 
@@ -178,7 +179,7 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
         // The holder: its trainer waits at DPO step 6, so the job is still running at its first renewal (a third of the
         // 10 s lease in), and the process freezes inside that renewal, with the job's row updated and not yet committed.
         var environment = StopAtDpoStep(steps, saveSteps + 2, freeze: false);
-        environment["WT_FAILPOINTS"] += $",{WeakTeacher.Engine.Runtime.Failpoints.LeaseRenewing}:freeze";
+        environment[Failpoints.Variable] += $",{Failpoints.LeaseRenewing}:freeze";
         var hosts = new List<HostProcess> { await HostProcess.StartAsync(dataDir, database.ReplicaArgs(shared.TaskDir, 0), environment: environment) };
         try
         {
@@ -186,7 +187,7 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
             var jobId = (await new JobsService.JobsServiceClient(hosts[0].Channel).TrainAsync(
                 PipelineTests.TeacherRequest(baseModel, labelled, steps, saveSteps), deadline: DateTime.UtcNow.AddSeconds(30))).JobId;
             var frozeAt = DateTime.UtcNow.AddMinutes(2);
-            while (!hosts[0].Log.Contains($"failpoint '{WeakTeacher.Engine.Runtime.Failpoints.LeaseRenewing}' reached", StringComparison.Ordinal))
+            while (!hosts[0].Log.Contains($"failpoint '{Failpoints.LeaseRenewing}' reached", StringComparison.Ordinal))
             {
                 Assert.True(DateTime.UtcNow < frozeAt, $"the holder did not freeze inside a lease renewal in 2 minutes\n{Logs(hosts)}");
                 await Task.Delay(100, ct);
@@ -297,12 +298,12 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
     /// waits, for a kill.
     /// </summary>
     private static Dictionary<string, string> StopAtDpoStep(int steps, int dpoStep, bool freeze) =>
-        new(HostProcess.SingleThreaded) { ["WT_FAILPOINTS"] = $"training.step@{steps + dpoStep}" + (freeze ? ":freeze" : "") };
+        new(HostProcess.SingleThreaded) { [Failpoints.Variable] = $"{Failpoints.TrainingStepDone}@{steps + dpoStep}" + (freeze ? ":freeze" : "") };
 
     /// <summary>The replica stopped at its failpoint (its index and host id), checked to be the job's owner in the store.</summary>
     private static async Task<(int Index, string Owner)> StoppedOwner(HostProcess[] hosts, NpgsqlConnection connection, string jobId, CancellationToken ct)
     {
-        const string Reached = "failpoint 'training.step' reached";
+        const string Reached = $"failpoint '{Failpoints.TrainingStepDone}' reached";
         var deadline = DateTime.UtcNow.AddMinutes(3);
         int stopped;
         while ((stopped = Array.FindIndex(hosts, h => h.Log.Contains(Reached, StringComparison.Ordinal))) < 0)

@@ -82,11 +82,15 @@ public sealed class ReplicaTests(DefaultTaskHost shared)
             // Every pair once, in order, with the label the single host gave it (the same teacher; batches differ only, so the
             // rewards agree to rounding: a tolerance, not rounding both to 4 places, which splits values either side of a boundary)
             Assert.Equal(pairs.Select(p => p.Id), result.Labels.Select(l => l.Id));
+            // and the same preference, except where the single host's margin is within that rounding: such a near tie may
+            // fall either way (a 2-step teacher leaves pairs near a tie: one preference differed in one of this session's runs)
             for (int i = 0; i < pairs.Count; i++)
             {
-                Assert.Equal(single.Labels[i].Preferred, result.Labels[i].Preferred);
                 Assert.Equal(single.Labels[i].RewardA, result.Labels[i].RewardA, tolerance: 1e-4);
                 Assert.Equal(single.Labels[i].RewardB, result.Labels[i].RewardB, tolerance: 1e-4);
+                double margin = single.Labels[i].RewardA - single.Labels[i].RewardB;
+                Assert.True(single.Labels[i].Preferred == result.Labels[i].Preferred || Math.Abs(margin) < 2e-4,
+                    $"{pairs[i].Id}: preferred {result.Labels[i].Preferred}, the single host {single.Labels[i].Preferred} at a margin of {margin:G3}");
             }
             // The survivors took the rest, the re-sent pairs among them, and labelled no pair twice.
             var survivors = Enumerable.Range(0, replicas.Length).Where(i => replicas[i] != killed).ToArray();
