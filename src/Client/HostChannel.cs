@@ -9,9 +9,10 @@ namespace WeakTeacher.Client;
 /// <summary>
 /// A channel to the host or to several replicas of it. <c>hosts</c> is one address (<c>http://h:50051</c>), several
 /// separated by commas (a static resolver, round_robin over them), or <c>dns:///name:port</c> (the DNS resolver,
-/// round_robin over every address the name has: a Kubernetes headless service). Every call has a retry policy for
-/// UNAVAILABLE (a replica gone or not yet up), which grpc-dotnet applies until the call is committed (its first
-/// response); a LabelStream that loses its replica later is resumed by <see cref="ReplicatedLabelStream"/>.
+/// round_robin over every address the name has: a Kubernetes headless service). Every call but LabelStream has a retry
+/// policy for UNAVAILABLE (a replica gone or not yet up), which grpc-dotnet applies until the call is committed (its
+/// first response); a LabelStream that loses its replica, before or after its first response, is resumed by
+/// <see cref="ReplicatedLabelStream"/>.
 /// </summary>
 public static class HostChannel
 {
@@ -94,7 +95,18 @@ public static class HostChannel
 
     private static ServiceConfig Config(bool balance)
     {
-        var config = new ServiceConfig { MethodConfigs = { new MethodConfig { Names = { MethodName.Default }, RetryPolicy = RetryPolicy } } };
+        var config = new ServiceConfig
+        {
+            MethodConfigs =
+            {
+                new MethodConfig { Names = { MethodName.Default }, RetryPolicy = RetryPolicy },
+                // LabelStream without grpc-dotnet's retries: ReplicatedLabelStream re-sends a lost stream's unanswered
+                // pairs itself, and a retried LabelStream hung in ReplicaTests once a replica was killed (a dump showed
+                // the retry's new attempt waiting for response headers while its request body waited for messages the
+                // caller had already written and completed): one resume mechanism, not two
+                new MethodConfig { Names = { new MethodName { Service = WeakTeacher.Grpc.V1.LabelingService.Descriptor.FullName, Method = "LabelStream" } } },
+            },
+        };
         if (balance) config.LoadBalancingConfigs.Add(new RoundRobinConfig());
         return config;
     }
