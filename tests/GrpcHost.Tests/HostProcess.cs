@@ -151,6 +151,18 @@ internal sealed class HostProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>Waits until the host's output (either stream) holds <paramref name="text"/>; fails after <paramref name="within"/>
+    /// with <paramref name="failure"/> and the logs <paramref name="describe"/> gives.</summary>
+    public async Task WaitForLogAsync(string text, TimeSpan within, string failure, Func<string> describe, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + within;
+        while (!Log.Contains(text, StringComparison.Ordinal))
+        {
+            Xunit.Assert.True(DateTime.UtcNow < deadline, $"{failure}\n{describe()}");
+            await Task.Delay(100, ct);
+        }
+    }
+
     public async Task<HealthCheckResponse.Types.ServingStatus> HealthAsync() =>
         (await new Health.HealthClient(Channel).CheckAsync(new HealthCheckRequest(), deadline: DateTime.UtcNow.AddSeconds(10))).Status;
 

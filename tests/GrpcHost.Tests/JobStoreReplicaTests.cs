@@ -186,12 +186,8 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
             var (baseModel, labelled) = await Import(hosts[0]);
             var jobId = (await new JobsService.JobsServiceClient(hosts[0].Channel).TrainAsync(
                 PipelineTests.TeacherRequest(baseModel, labelled, steps, saveSteps), deadline: DateTime.UtcNow.AddSeconds(30))).JobId;
-            var frozeAt = DateTime.UtcNow.AddMinutes(2);
-            while (!hosts[0].Log.Contains($"failpoint '{Failpoints.LeaseRenewing}' reached", StringComparison.Ordinal))
-            {
-                Assert.True(DateTime.UtcNow < frozeAt, $"the holder did not freeze inside a lease renewal in 2 minutes\n{Logs(hosts)}");
-                await Task.Delay(100, ct);
-            }
+            await hosts[0].WaitForLogAsync(Failpoints.ReachedLine(Failpoints.LeaseRenewing), TimeSpan.FromMinutes(2),
+                "the holder did not freeze inside a lease renewal in 2 minutes", () => Logs(hosts), ct);
             try
             {
                 // Another host, started now, claims the job once its lease lapsed: the frozen session's transaction is
@@ -207,12 +203,8 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
             finally { hosts[0].Freeze(false); }
 
             // The woken holder's renewal finds its session ended and says so; it does not take the job back.
-            var woke = DateTime.UtcNow.AddSeconds(30);
-            while (!hosts[0].Log.Contains("idle-in-transaction", StringComparison.Ordinal))
-            {
-                Assert.True(DateTime.UtcNow < woke, $"the woken holder did not report its ended session\n{Logs(hosts)}");
-                await Task.Delay(200, ct);
-            }
+            await hosts[0].WaitForLogAsync("idle-in-transaction", TimeSpan.FromSeconds(30), "the woken holder did not report its ended session",
+                () => Logs(hosts), ct);
             await using var connection = new NpgsqlConnection(database.ConnectionString);
             await connection.OpenAsync(ct);
             Assert.Equal("succeeded", (string)(await Scalar(connection, "SELECT outcome FROM job_attempts WHERE job_id=@v AND attempt=2", jobId))!);
@@ -303,10 +295,10 @@ public sealed class JobStoreReplicaTests(DefaultTaskHost shared)
     /// <summary>The replica stopped at its failpoint (its index and host id), checked to be the job's owner in the store.</summary>
     private static async Task<(int Index, string Owner)> StoppedOwner(HostProcess[] hosts, NpgsqlConnection connection, string jobId, CancellationToken ct)
     {
-        const string Reached = $"failpoint '{Failpoints.TrainingStepDone}' reached";
+        var reached = Failpoints.ReachedLine(Failpoints.TrainingStepDone);
         var deadline = DateTime.UtcNow.AddMinutes(3);
         int stopped;
-        while ((stopped = Array.FindIndex(hosts, h => h.Log.Contains(Reached, StringComparison.Ordinal))) < 0)
+        while ((stopped = Array.FindIndex(hosts, h => h.Log.Contains(reached, StringComparison.Ordinal))) < 0)
         {
             // from the store, not a replica: the one asked may be the one freezing
             var state = (JobState)Convert.ToInt32(await Scalar(connection, "SELECT state FROM jobs WHERE id=@v", jobId));

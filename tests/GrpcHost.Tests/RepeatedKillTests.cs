@@ -175,7 +175,7 @@ public sealed class RepeatedKillTests(DefaultTaskHost shared)
     private async Task KillAtFailpoint(HostProcess host, string jobId, string failpoint, string what)
     {
         await CheckRestart(host);
-        var reached = $"failpoint '{failpoint}' reached";
+        var reached = WeakTeacher.Engine.Runtime.Failpoints.ReachedLine(failpoint);
         var deadline = DateTime.UtcNow.AddMinutes(3);
         var jobs = new JobsService.JobsServiceClient(host.Channel);
         while (!host.Log.Contains(reached, StringComparison.Ordinal))

@@ -14,7 +14,7 @@ namespace WeakTeacher.GrpcHost.Tests;
 [Collection("default-task")]
 public sealed class ShardedLabelTests(DefaultTaskHost shared)
 {
-    private const string Failpoint = "label-shard.labelled";
+    private const string Failpoint = WeakTeacher.Engine.Runtime.Failpoints.LabelShardLabelled;
 
     [Fact]
     public async Task A_label_job_in_three_shards_runs_on_several_hosts_survives_a_killed_host_and_equals_an_unsharded_run()
@@ -53,7 +53,7 @@ public sealed class ShardedLabelTests(DefaultTaskHost shared)
             var clock = System.Diagnostics.Stopwatch.StartNew();
             var sharded = (await new JobsService.JobsServiceClient(hosts[0].Channel).LabelAsync(Request(3))).JobId;
             var deadline = DateTime.UtcNow.AddMinutes(3);
-            while (!hosts[0].Log.Contains($"failpoint '{Failpoint}' reached"))
+            while (!hosts[0].Log.Contains(WeakTeacher.Engine.Runtime.Failpoints.ReachedLine(Failpoint)))
             {
                 var job = await new JobsService.JobsServiceClient(hosts[1].Channel).GetJobAsync(new GetJobRequest { JobId = sharded });
                 Assert.False(job.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled, $"the job ended before replica-0 ran a shard: {job}\n{Logs(hosts)}");

@@ -49,15 +49,17 @@ public static class Failpoints
             bool freeze = point.EndsWith(":freeze", StringComparison.Ordinal);
             if (freeze) point = point[..^":freeze".Length];
             var parts = point.Split('@', 2);
-            int stopAt = parts.Length == 1 ? 1
-                : int.TryParse(parts[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n) && n > 0 ? n
-                : throw new ArgumentException($"{Variable}: '{entry}' is not name[@N][:freeze] (N a positive count)");
-            if (parts[0].Length == 0 || parts[0].Contains(':'))
+            int stopAt = 1;
+            if (parts[0].Length == 0 || parts[0].Contains(':') || parts.Length == 2 && !(int.TryParse(parts[1],
+                    System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out stopAt) && stopAt > 0))
                 throw new ArgumentException($"{Variable}: '{entry}' is not name[@N][:freeze] (N a positive count)");
             armed[parts[0]] = new Arming(stopAt, freeze);
         }
         return armed;
     }
+
+    /// <summary>The start of the stderr line a stopping point writes, which tests wait for.</summary>
+    public static string ReachedLine(string name) => $"failpoint '{name}' reached";
 
     public static void Hit(string name)
     {
@@ -69,7 +71,7 @@ public static class Failpoints
         }
         if (arming.Freeze)
         {
-            Console.Error.WriteLine($"failpoint '{name}' reached: the process freezes here (SIGSTOP) until SIGCONT {DateTime.UtcNow:O}");
+            Console.Error.WriteLine($"{ReachedLine(name)}: the process freezes here (SIGSTOP) until SIGCONT {DateTime.UtcNow:O}");
             Console.Error.Flush();
             // Sent to this thread, not the process: a process-directed SIGSTOP may be taken by another thread, and this
             // one ran on for a millisecond or so (measured: enough to commit the transaction a test froze it inside).
@@ -78,7 +80,7 @@ public static class Failpoints
             Console.Error.WriteLine($"failpoint '{name}' left: the process runs on {DateTime.UtcNow:O}");
             return;
         }
-        Console.Error.WriteLine($"failpoint '{name}' reached: this thread waits here until the process is killed");
+        Console.Error.WriteLine($"{ReachedLine(name)}: this thread waits here until the process is killed");
         Console.Error.Flush();
         Thread.Sleep(Timeout.Infinite);
     }

@@ -118,7 +118,7 @@ internal sealed class Store
     }
 
     /// <summary>How long a PostgreSQL session of this host may sit idle inside a transaction: a third of the lease, at least 1 s.</summary>
-    internal static TimeSpan IdleInTransactionTimeout(TimeSpan lease) => TimeSpan.FromMilliseconds(Math.Max(1000, Math.Round(lease.TotalMilliseconds / 3)));
+    private static TimeSpan IdleInTransactionTimeout(TimeSpan lease) => TimeSpan.FromMilliseconds(Math.Max(1000, Math.Round(lease.TotalMilliseconds / 3)));
 
     private void CreateSchema()
     {
